@@ -1,0 +1,184 @@
+"""Strict, bounded loading of the Kubernetes manifests a bundle carries.
+
+A manifest file is UTF-8 YAML holding one or more documents; each non-empty document must
+be a mapping with string ``apiVersion``, ``kind`` and ``metadata.name``. On top of
+``yaml.SafeLoader`` (which never builds arbitrary objects) this loader refuses:
+
+* explicit tags of any kind (``!!python/...``, ``!!binary``, ``!custom``, ``!``);
+* merge keys (``<<``), duplicate keys and non-string keys;
+* recursive aliases, more than ``max_aliases`` aliases, and documents whose alias-expanded
+  size exceeds ``max_nodes`` nodes (the "billion laughs" shape);
+* nesting deeper than ``max_depth``.
+
+YAML 1.1 timestamps stay strings, as the Kubernetes API server would see them.
+Pure: bytes in, plain Python values out. Raises ``BundleError(YAML_INVALID)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
+
+from edge_agent.errors import BundleError
+from edge_agent.errors import BundleErrorCode as Code
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+@dataclass(frozen=True, slots=True)
+class YamlLimits:
+    max_depth: int = 64
+    max_nodes: int = 200_000
+    max_aliases: int = 100
+    max_documents: int = 1000
+
+
+class _Refusal(Exception):
+    pass
+
+
+class _Resolver(Resolver):
+    pass
+
+
+# Same implicit resolvers as SafeLoader, minus timestamps (kept as strings).
+_Resolver.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in entries if tag != "tag:yaml.org,2002:timestamp"]
+    for first, entries in Resolver.yaml_implicit_resolvers.items()
+}
+
+
+class _StrictLoader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
+    def __init__(self, text: str, limits: YamlLimits) -> None:
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        _Resolver.__init__(self)
+        self._limits = limits
+        self._depth = 0
+        self._aliases = 0
+        self._open_anchors: set[str] = set()
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            self._aliases += 1
+            if self._aliases > self._limits.max_aliases:
+                raise _Refusal(f"more than {self._limits.max_aliases} aliases")
+            if event.anchor in self._open_anchors:
+                raise _Refusal(f"alias *{event.anchor} refers to a node that contains it")
+            return Composer.compose_node(self, parent, index)
+        if isinstance(event, ScalarEvent | CollectionStartEvent) and event.tag is not None:
+            raise _Refusal(f"explicit tag {event.tag[:60]!r} is not allowed")
+        self._depth += 1
+        if self._depth > self._limits.max_depth:
+            raise _Refusal(f"nesting deeper than {self._limits.max_depth} levels")
+        anchor = event.anchor if isinstance(event, CollectionStartEvent) else None
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return Composer.compose_node(self, parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open_anchors.discard(anchor)
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                raise _Refusal("merge keys (<<) are not allowed")
+            if key_node.tag != _STR_TAG:
+                raise _Refusal(f"mapping key {str(key_node.value)[:40]!r} is not a string")
+            key = self.construct_object(key_node, deep=deep)
+            if key in mapping:
+                raise _Refusal(f"duplicate key {str(key)[:60]!r}")
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
+_StrictLoader.add_constructor(
+    "tag:yaml.org,2002:map",
+    lambda loader, node: loader.construct_mapping(node, deep=True),
+)
+
+
+def _expanded_size(node: Node, memo: dict[int, int], limit: int) -> int:
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo, limit)
+            if size > limit:
+                break
+    elif isinstance(node, MappingNode):
+        for key, value in node.value:
+            size += _expanded_size(key, memo, limit) + _expanded_size(value, memo, limit)
+            if size > limit:
+                break
+    memo[id(node)] = size
+    return size
+
+
+def load_manifests(data: bytes, *, path: str, limits: YamlLimits) -> tuple[dict[str, Any], ...]:
+    """Parse and check one manifest file; return its non-empty documents in order."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(Code.YAML_INVALID, f"manifest {path!r} is not valid UTF-8 at byte {exc.start}") from None
+    loader = _StrictLoader(text, limits)
+    documents: list[dict[str, Any]] = []
+    try:
+        count = 0
+        while loader.check_node():
+            node = loader.get_node()
+            count += 1
+            if count > limits.max_documents:
+                raise _Refusal(f"more than {limits.max_documents} documents")
+            if node is None:
+                continue
+            if _expanded_size(node, {}, limits.max_nodes) > limits.max_nodes:
+                raise _Refusal(f"document expands to more than {limits.max_nodes} nodes")
+            value = loader.construct_document(node)
+            if value is None:
+                continue
+            documents.append(_check_object(value))
+    except _Refusal as exc:
+        raise BundleError(Code.YAML_INVALID, f"manifest {path!r}: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise BundleError(Code.YAML_INVALID, f"manifest {path!r} is not valid YAML{line}: {problem}") from None
+    except RecursionError:
+        raise BundleError(Code.YAML_INVALID, f"manifest {path!r} nests too deep") from None
+    finally:
+        loader.dispose()
+    return tuple(documents)
+
+
+def _check_object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Refusal("a document is not a mapping (a Kubernetes object)")
+    for field in ("apiVersion", "kind"):
+        if not isinstance(value.get(field), str) or not value[field]:
+            raise _Refusal(f"an object has no string {field}")
+    metadata = value.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
+        raise _Refusal(f"a {value['kind'][:40]} object has no string metadata.name")
+    return value
