@@ -82,7 +82,9 @@ def load_profile(folder: Path) -> Profile:
         source_dir = (folder / str(rel)).resolve()
         if not source_dir.is_dir() or folder.resolve() not in source_dir.parents:
             raise ProfileError(f"layer {name!r}: {rel!r} is not a folder inside the profile")
-        files = sorted(p for p in source_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        files = sorted(
+            p for p in source_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
+        )
         if not files:
             raise ProfileError(f"layer {name!r} has no .yaml files in {source_dir}")
         payload = []
@@ -99,11 +101,15 @@ def load_profile(folder: Path) -> Profile:
     for artifact in spec.get("artifacts") or []:
         source = (folder / str(artifact.get("path"))).resolve()
         if not source.is_file() or folder.resolve() not in source.parents:
-            raise ProfileError(f"artifact {artifact.get('path')!r} is not a file inside the profile")
-        artifacts.append((hash_file(f"artifacts/{source.name}", source), str(artifact.get("kind", "file"))))
-    for _, files in layers:
-        for f in files:
-            check_relative_path(f.path)
+            raise ProfileError(
+                f"artifact {artifact.get('path')!r} is not a file inside the profile"
+            )
+        artifacts.append(
+            (hash_file(f"artifacts/{source.name}", source), str(artifact.get("kind", "file")))
+        )
+    for _, layer_files in layers:
+        for payload_file in layer_files:
+            check_relative_path(payload_file.path)
     return Profile(str(spec.get("name", folder.name)), settings, tuple(layers), tuple(artifacts))
 
 
@@ -167,7 +173,9 @@ def build_bundle(
     envelope = sign_envelope(BUNDLE_PAYLOAD_TYPE, payload, keys.policy_signers())
     roots = [(v, keys.root_envelope(v)) for v in keys.root_versions() if v > 1]
     files = [f for _, layer in profile.layers for f in layer] + [a for a, _ in profile.artifacts]
-    write_archive(output, roots=roots, envelope=envelope, files=files, mtime=int(now.timestamp()), gzip=gzip)
+    write_archive(
+        output, roots=roots, envelope=envelope, files=files, mtime=int(now.timestamp()), gzip=gzip
+    )
     return str(canonical.decode(payload, max_bytes=1 << 20)["bundle_id"])
 
 

@@ -24,9 +24,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle import canonical
-from edge_agent.bundle.envelope import ROOT_PAYLOAD_TYPE, Signature, encode_envelope, keyid_for, pae
+from edge_agent.bundle.envelope import (
+    ROOT_PAYLOAD_TYPE,
+    Signature,
+    encode_envelope,
+    keyid_for,
+    pae,
+    parse_envelope,
+)
 from edge_agent.bundle.model import FORMAT_VERSION, ROOT_TYPE, Root, parse_root
-from edge_agent.bundle.envelope import parse_envelope
 from edge_agent.clock import format_time
 
 
@@ -45,12 +51,16 @@ class SigningKey:
 
 def generate_key() -> SigningKey:
     private = Ed25519PrivateKey.generate()
-    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     return SigningKey(keyid_for(raw), private)
 
 
 def public_raw(key: SigningKey) -> bytes:
-    return key.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return key.private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
 
 
 def root_payload(
@@ -65,7 +75,8 @@ def root_payload(
     """Canonical bytes of a root document naming the given keys."""
     root_keys, policy_keys = list(root_keys), list(policy_keys)
     keys = {
-        k.keyid: {"keytype": "ed25519", "public": public_raw(k).hex()} for k in root_keys + policy_keys
+        k.keyid: {"keytype": "ed25519", "public": public_raw(k).hex()}
+        for k in root_keys + policy_keys
     }
     return canonical.encode(
         {
@@ -76,7 +87,10 @@ def root_payload(
             "keys": keys,
             "roles": {
                 "root": {"keyids": sorted(k.keyid for k in root_keys), "threshold": root_threshold},
-                "policy": {"keyids": sorted(k.keyid for k in policy_keys), "threshold": policy_threshold},
+                "policy": {
+                    "keyids": sorted(k.keyid for k in policy_keys),
+                    "threshold": policy_threshold,
+                },
             },
         }
     )
@@ -96,7 +110,9 @@ class KeyDirectory:
     def root_versions(self) -> list[int]:
         roots = self.path / "roots"
         if not roots.is_dir():
-            raise KeyStoreError(f"key directory {self.path} has no roots/ (run 'mgmt-stub keys init')")
+            raise KeyStoreError(
+                f"key directory {self.path} has no roots/ (run 'mgmt-stub keys init')"
+            )
         return sorted(int(p.stem) for p in roots.glob("*.json") if p.stem.isdigit())
 
     def root_envelope(self, version: int) -> bytes:
@@ -115,14 +131,20 @@ class KeyDirectory:
         try:
             private = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except FileNotFoundError:
-            raise KeyStoreError(f"private key {keyid[:16]} is not in {self.path / 'private'}") from None
+            raise KeyStoreError(
+                f"private key {keyid[:16]} is not in {self.path / 'private'}"
+            ) from None
         if not isinstance(private, Ed25519PrivateKey):
             raise KeyStoreError(f"private key {keyid[:16]} is not an Ed25519 key")
         return SigningKey(keyid, private)
 
     def policy_signers(self) -> list[SigningKey]:
         root, _ = self.current_root()
-        available = [k for k in sorted(root.policy_role.keyids) if (self.path / "private" / f"{k}.pem").exists()]
+        available = [
+            k
+            for k in sorted(root.policy_role.keyids)
+            if (self.path / "private" / f"{k}.pem").exists()
+        ]
         if len(available) < root.policy_role.threshold:
             raise KeyStoreError(
                 f"only {len(available)} of {root.policy_role.threshold} policy keys needed are in {self.path}"
@@ -172,12 +194,18 @@ class KeyDirectory:
     ) -> Root:
         old, _ = self.current_root()
         revoked = {self._resolve(old, k) for k in revoke}
-        old_root_signers = [self.signing_key(k) for k in sorted(old.root_role.keyids) if self._has(k)]
+        old_root_signers = [
+            self.signing_key(k) for k in sorted(old.root_role.keyids) if self._has(k)
+        ]
         if len(old_root_signers) < old.root_role.threshold:
             raise KeyStoreError("not enough root private keys to sign the next root version")
         roots = [k for k in old_root_signers if k.keyid not in revoked]
         roots += [self._new_key() for _ in range(new_root_keys)]
-        policies = [self.signing_key(k) for k in sorted(old.policy_role.keyids) if k not in revoked and self._has(k)]
+        policies = [
+            self.signing_key(k)
+            for k in sorted(old.policy_role.keyids)
+            if k not in revoked and self._has(k)
+        ]
         policies += [self._new_key() for _ in range(new_policy_keys)]
         if not roots or not policies:
             raise KeyStoreError("a rotation must leave at least one root key and one policy key")
@@ -192,7 +220,9 @@ class KeyDirectory:
             policy_keys=policies,
             policy_threshold=p_threshold,
         )
-        signers = {k.keyid: k for k in old_root_signers[: old.root_role.threshold] + roots[:r_threshold]}
+        signers = {
+            k.keyid: k for k in old_root_signers[: old.root_role.threshold] + roots[:r_threshold]
+        }
         self._write_root(version, sign_envelope(ROOT_PAYLOAD_TYPE, payload, signers.values()))
         (self.path / "revoked").mkdir(mode=0o700, exist_ok=True)
         for keyid in revoked:
@@ -204,7 +234,9 @@ class KeyDirectory:
     def _resolve(self, root: Root, prefix: str) -> str:
         matches = [k for k in root.keys if k.startswith(prefix.lower())]
         if len(matches) != 1:
-            raise KeyStoreError(f"key id prefix {prefix!r} matches {len(matches)} keys of the current root")
+            raise KeyStoreError(
+                f"key id prefix {prefix!r} matches {len(matches)} keys of the current root"
+            )
         return matches[0]
 
     def _has(self, keyid: str) -> bool:
@@ -215,7 +247,9 @@ class KeyDirectory:
         private_dir = self.path / "private"
         private_dir.mkdir(mode=0o700, exist_ok=True)
         pem = key.private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         fd = os.open(private_dir / f"{key.keyid}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:

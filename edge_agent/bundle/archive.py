@@ -33,9 +33,17 @@ MAX_PAX_BYTES = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _REGULAR = (b"0", b"\x00")
 _TYPE_NAMES = {
-    b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
-    b"5": "directory", b"6": "FIFO", b"7": "contiguous file", b"g": "global pax header",
-    b"L": "GNU long name", b"K": "GNU long link name", b"S": "GNU sparse file",
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"5": "directory",
+    b"6": "FIFO",
+    b"7": "contiguous file",
+    b"g": "global pax header",
+    b"L": "GNU long name",
+    b"K": "GNU long link name",
+    b"S": "GNU sparse file",
 }
 
 
@@ -59,10 +67,14 @@ class _RawReader:
         try:
             data = self._stream.read(n)
         except OSError as exc:
-            raise BundleError(Code.READ_FAILED, f"reading the bundle failed: {exc.strerror or exc}") from None
+            raise BundleError(
+                Code.READ_FAILED, f"reading the bundle failed: {exc.strerror or exc}"
+            ) from None
         self.count += len(data)
         if self.count > self._max:
-            raise BundleError(Code.TOO_LARGE, f"archive is larger than the limit of {self._max} bytes")
+            raise BundleError(
+                Code.TOO_LARGE, f"archive is larger than the limit of {self._max} bytes"
+            )
         return data
 
 
@@ -139,11 +151,15 @@ class ArchiveReader:
             if header == bytes(BLOCK):
                 self._finish()
                 if pax is not None:
-                    raise BundleError(Code.ARCHIVE_MALFORMED, "pax header is not followed by a member")
+                    raise BundleError(
+                        Code.ARCHIVE_MALFORMED, "pax header is not followed by a member"
+                    )
                 return
             count += 1
             if count > self._max_members:
-                raise BundleError(Code.TOO_LARGE, f"archive has more than {self._max_members} members")
+                raise BundleError(
+                    Code.TOO_LARGE, f"archive has more than {self._max_members} members"
+                )
             name, size, typeflag = _parse_header(header)
             if typeflag == b"x":
                 if pax is not None:
@@ -159,7 +175,8 @@ class ArchiveReader:
             if typeflag not in _REGULAR:
                 label = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
                 raise BundleError(
-                    Code.UNSAFE_MEMBER_TYPE, f"member {_shown(name)} is a {label}; only regular files are allowed"
+                    Code.UNSAFE_MEMBER_TYPE,
+                    f"member {_shown(name)} is a {label}; only regular files are allowed",
                 )
             if pax is not None:
                 name = pax.get("path", name)
@@ -216,7 +233,9 @@ class ArchiveReader:
             if not rest:
                 break
             if rest.count(0) != len(rest):
-                raise BundleError(Code.ARCHIVE_MALFORMED, "non-zero data after the end of the archive")
+                raise BundleError(
+                    Code.ARCHIVE_MALFORMED, "non-zero data after the end of the archive"
+                )
         if self._gzip is not None:
             self._gzip.check_end()
 
@@ -224,10 +243,14 @@ class ArchiveReader:
 def check_member_name(name: str) -> None:
     """Refuse absolute, non-normalised and otherwise unsafe member names."""
     if not name or name.startswith("/") or "\\" in name or "\x00" in name:
-        raise BundleError(Code.UNSAFE_PATH, f"member name {_shown(name)} is absolute or contains \\ or NUL")
+        raise BundleError(
+            Code.UNSAFE_PATH, f"member name {_shown(name)} is absolute or contains \\ or NUL"
+        )
     for part in name.split("/"):
         if part in ("", ".", ".."):
-            raise BundleError(Code.UNSAFE_PATH, f"member name {_shown(name)} is not a normalised relative path")
+            raise BundleError(
+                Code.UNSAFE_PATH, f"member name {_shown(name)} is not a normalised relative path"
+            )
 
 
 def _parse_header(block: bytes) -> tuple[str, int, bytes]:
@@ -276,10 +299,10 @@ def _parse_pax(data: bytes) -> dict[str, str]:
         if space < 0:
             raise BundleError(Code.ARCHIVE_MALFORMED, "pax record has no length")
         length = _decimal(data[pos:space].decode("ascii", "replace"), "pax record length")
-        record = data[pos:pos + length]
+        record = data[pos : pos + length]
         if length <= space - pos + 1 or len(record) != length or not record.endswith(b"\n"):
             raise BundleError(Code.ARCHIVE_MALFORMED, "pax record length is wrong")
-        body = record[space - pos + 1:-1]
+        body = record[space - pos + 1 : -1]
         key_bytes, sep, value_bytes = body.partition(b"=")
         if not sep:
             raise BundleError(Code.ARCHIVE_MALFORMED, "pax record has no '='")

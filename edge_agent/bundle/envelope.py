@@ -94,12 +94,15 @@ def parse_envelope(data: bytes, *, what: str, max_bytes: int) -> Envelope:
         )
     payload_type, payload_b64, raw_sigs = doc["payloadType"], doc["payload"], doc["signatures"]
     if not isinstance(payload_type, str) or not isinstance(payload_b64, str):
-        raise BundleError(Code.METADATA_MALFORMED, f"{what}: payload and payloadType must be strings")
+        raise BundleError(
+            Code.METADATA_MALFORMED, f"{what}: payload and payloadType must be strings"
+        )
     if not isinstance(raw_sigs, list):
         raise BundleError(Code.METADATA_MALFORMED, f"{what}: signatures must be a list")
     if len(raw_sigs) > MAX_SIGNATURES:
         raise BundleError(
-            Code.METADATA_MALFORMED, f"{what}: {len(raw_sigs)} signatures, limit is {MAX_SIGNATURES}"
+            Code.METADATA_MALFORMED,
+            f"{what}: {len(raw_sigs)} signatures, limit is {MAX_SIGNATURES}",
         )
     payload = _b64(payload_b64, what, "payload")
     signatures = []

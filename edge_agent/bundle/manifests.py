@@ -73,7 +73,7 @@ class _StrictLoader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolve
         self._open_anchors: set[str] = set()
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, AliasEvent):
             self._aliases += 1
             if self._aliases > self._limits.max_aliases:
@@ -112,7 +112,7 @@ class _StrictLoader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolve
 
 _StrictLoader.add_constructor(
     "tag:yaml.org,2002:map",
-    lambda loader, node: loader.construct_mapping(node, deep=True),
+    lambda loader, node: loader.construct_mapping(node, deep=True),  # type: ignore[arg-type]
 )
 
 
@@ -140,7 +140,9 @@ def load_manifests(data: bytes, *, path: str, limits: YamlLimits) -> tuple[dict[
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BundleError(Code.YAML_INVALID, f"manifest {path!r} is not valid UTF-8 at byte {exc.start}") from None
+        raise BundleError(
+            Code.YAML_INVALID, f"manifest {path!r} is not valid UTF-8 at byte {exc.start}"
+        ) from None
     loader = _StrictLoader(text, limits)
     documents: list[dict[str, Any]] = []
     try:
@@ -164,7 +166,9 @@ def load_manifests(data: bytes, *, path: str, limits: YamlLimits) -> tuple[dict[
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise BundleError(Code.YAML_INVALID, f"manifest {path!r} is not valid YAML{line}: {problem}") from None
+        raise BundleError(
+            Code.YAML_INVALID, f"manifest {path!r} is not valid YAML{line}: {problem}"
+        ) from None
     except RecursionError:
         raise BundleError(Code.YAML_INVALID, f"manifest {path!r} nests too deep") from None
     finally:
@@ -179,6 +183,10 @@ def _check_object(value: Any) -> dict[str, Any]:
         if not isinstance(value.get(field), str) or not value[field]:
             raise _Refusal(f"an object has no string {field}")
     metadata = value.get("metadata")
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
+    if (
+        not isinstance(metadata, dict)
+        or not isinstance(metadata.get("name"), str)
+        or not metadata["name"]
+    ):
         raise _Refusal(f"a {value['kind'][:40]} object has no string metadata.name")
     return value

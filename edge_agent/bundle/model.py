@@ -29,7 +29,9 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CLUSTER_ID = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
-_LABEL_KEY = re.compile(r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_LABEL_KEY = re.compile(
+    r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+)
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 _LAYER_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 MAX_PATH_DEPTH = 8
@@ -142,7 +144,12 @@ def parse_root(payload: bytes, *, max_bytes: int) -> Root:
     """Parse a signature-checked root payload."""
     doc = _decode(payload, "root", max_bytes, Code.ROOT_INVALID)
     _require_type(doc, ROOT_TYPE, "root")
-    _exact_keys(doc, {"_type", "format_version", "version", "expires_at", "keys", "roles"}, "root", Code.ROOT_INVALID)
+    _exact_keys(
+        doc,
+        {"_type", "format_version", "version", "expires_at", "keys", "roles"},
+        "root",
+        Code.ROOT_INVALID,
+    )
     _format_version(doc, "root")
     version = _int(doc["version"], "root version", 1, MAX_REVISION, Code.ROOT_INVALID)
     expires_at = _time(doc["expires_at"], "root expires_at", Code.ROOT_INVALID)
@@ -151,11 +158,17 @@ def parse_root(payload: bytes, *, max_bytes: int) -> Root:
         raise BundleError(Code.ROOT_INVALID, "root keys must be a non-empty object")
     keys: dict[str, bytes] = {}
     for keyid, key in keys_doc.items():
-        if not isinstance(key, dict) or set(key) != {"keytype", "public"} or key["keytype"] != "ed25519":
+        if (
+            not isinstance(key, dict)
+            or set(key) != {"keytype", "public"}
+            or key["keytype"] != "ed25519"
+        ):
             raise BundleError(Code.ROOT_INVALID, f"root key {keyid[:16]} is not an ed25519 key")
         public = key["public"]
         if not isinstance(public, str) or not re.fullmatch(r"[0-9a-f]{64}", public):
-            raise BundleError(Code.ROOT_INVALID, f"root key {keyid[:16]} public value is not 64 hex digits")
+            raise BundleError(
+                Code.ROOT_INVALID, f"root key {keyid[:16]} public value is not 64 hex digits"
+            )
         raw = bytes.fromhex(public)
         if keyid_for(raw) != keyid:
             raise BundleError(Code.ROOT_INVALID, f"root key id {keyid[:16]} does not match its key")
@@ -175,8 +188,17 @@ def parse_metadata(payload: bytes, *, max_bytes: int) -> BundleMetadata:
     _exact_keys(
         doc,
         {
-            "_type", "format_version", "bundle_id", "target", "revision", "issued_at",
-            "expires_at", "settings", "layers", "artifacts", "files",
+            "_type",
+            "format_version",
+            "bundle_id",
+            "target",
+            "revision",
+            "issued_at",
+            "expires_at",
+            "settings",
+            "layers",
+            "artifacts",
+            "files",
         },
         "bundle metadata",
         code,
@@ -202,7 +224,9 @@ def parse_metadata(payload: bytes, *, max_bytes: int) -> BundleMetadata:
         digest = entry["sha256"]
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             raise BundleError(code, f"file {path!r} sha256 is not 64 lowercase hex digits")
-        files[path] = FileEntry(digest, _int(entry["length"], f"file {path!r} length", 0, 2**62, code))
+        files[path] = FileEntry(
+            digest, _int(entry["length"], f"file {path!r} length", 0, 2**62, code)
+        )
 
     referenced: set[str] = set()
 
@@ -249,7 +273,9 @@ def parse_metadata(payload: bytes, *, max_bytes: int) -> BundleMetadata:
 
     unreferenced = sorted(set(files) - referenced)
     if unreferenced:
-        raise BundleError(code, f"file {unreferenced[0]!r} is listed but used by no layer or artifact")
+        raise BundleError(
+            code, f"file {unreferenced[0]!r} is listed but used by no layer or artifact"
+        )
     return BundleMetadata(
         bundle_id=bundle_id,
         target=_target(doc["target"]),
@@ -276,7 +302,8 @@ def _decode(payload: bytes, what: str, max_bytes: int, code: Code) -> dict[str, 
 def _require_type(doc: Mapping[str, Any], expected: str, what: str) -> None:
     if doc.get("_type") != expected:
         raise BundleError(
-            Code.WRONG_TYPE, f"{what}: document type is {str(doc.get('_type'))[:40]!r}, expected {expected!r}"
+            Code.WRONG_TYPE,
+            f"{what}: document type is {str(doc.get('_type'))[:40]!r}, expected {expected!r}",
         )
 
 
@@ -321,14 +348,22 @@ def _path(path: str) -> None:
 
 def _role(doc: Any, name: str, keys: Mapping[str, bytes]) -> Role:
     if not isinstance(doc, dict) or set(doc) != {"keyids", "threshold"}:
-        raise BundleError(Code.ROOT_INVALID, f"root role {name!r} must have exactly keyids and threshold")
+        raise BundleError(
+            Code.ROOT_INVALID, f"root role {name!r} must have exactly keyids and threshold"
+        )
     keyids = doc["keyids"]
     if not isinstance(keyids, list) or not keyids or len(set(keyids)) != len(keyids):
-        raise BundleError(Code.ROOT_INVALID, f"root role {name!r} keyids must be a non-empty list without repeats")
+        raise BundleError(
+            Code.ROOT_INVALID, f"root role {name!r} keyids must be a non-empty list without repeats"
+        )
     for keyid in keyids:
         if keyid not in keys:
-            raise BundleError(Code.ROOT_INVALID, f"root role {name!r} names key {str(keyid)[:16]} not in keys")
-    threshold = _int(doc["threshold"], f"root role {name!r} threshold", 1, len(keyids), Code.ROOT_INVALID)
+            raise BundleError(
+                Code.ROOT_INVALID, f"root role {name!r} names key {str(keyid)[:16]} not in keys"
+            )
+    threshold = _int(
+        doc["threshold"], f"root role {name!r} threshold", 1, len(keyids), Code.ROOT_INVALID
+    )
     return Role(frozenset(keyids), threshold)
 
 
@@ -346,8 +381,14 @@ def _target(doc: Any) -> Target:
         if not isinstance(labels, dict) or not labels:
             raise BundleError(code, "target labels must be a non-empty object")
         for key, value in labels.items():
-            if not _LABEL_KEY.fullmatch(key) or not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
-                raise BundleError(code, f"target label {key[:64]!r} is not a valid Kubernetes label")
+            if (
+                not _LABEL_KEY.fullmatch(key)
+                or not isinstance(value, str)
+                or not _LABEL_VALUE.fullmatch(value)
+            ):
+                raise BundleError(
+                    code, f"target label {key[:64]!r} is not a valid Kubernetes label"
+                )
         return Target(None, dict(labels))
     raise BundleError(code, "target must have exactly one of cluster_id or labels")
 
@@ -363,7 +404,9 @@ def _settings(doc: Any) -> Settings:
         raise BundleError(code, "settings mode must be 'enforce' or 'audit'") from None
     return Settings(
         mode=mode,
-        reconcile_interval_s=_int(doc["reconcile_interval_s"], "settings reconcile_interval_s", 10, 86400, code),
+        reconcile_interval_s=_int(
+            doc["reconcile_interval_s"], "settings reconcile_interval_s", 10, 86400, code
+        ),
         sync_interval_s=_int(doc["sync_interval_s"], "settings sync_interval_s", 10, 86400, code),
     )
 

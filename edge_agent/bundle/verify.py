@@ -121,6 +121,7 @@ class VerifiedBundle:
     artifacts: tuple[Artifact, ...]
     new_roots: tuple[TrustedRoot, ...]
     trust: TrustState  # the trust state to commit with this bundle
+    based_on: TrustState  # the trust state it was verified against (commit checks it is unchanged)
     already_in_force: bool  # same revision and content as the policy in force
     archive_bytes: int
 
@@ -135,7 +136,9 @@ def verify_bundle(
     sink: ArtifactSink,
 ) -> VerifiedBundle:
     """Verify one bundle archive; see the module docstring. Raises ``BundleError``."""
-    reader = ArchiveReader(stream, max_bytes=limits.max_bundle_bytes, max_members=limits.max_members)
+    reader = ArchiveReader(
+        stream, max_bytes=limits.max_bundle_bytes, max_members=limits.max_members
+    )
     members = reader.members()
     state = trust
     new_roots: list[TrustedRoot] = []
@@ -145,14 +148,20 @@ def verify_bundle(
     while member is not None and member.name.startswith("roots/"):
         match = _ROOT_MEMBER.fullmatch(member.name)
         if match is None:
-            raise BundleError(Code.FILE_UNLISTED, f"member {member.name[:80]!r} is not a root document name")
+            raise BundleError(
+                Code.FILE_UNLISTED, f"member {member.name[:80]!r} is not a root document name"
+            )
         version = int(match.group(1))
         if version <= last_root_version:
             code = Code.FILE_DUPLICATE if version == last_root_version else Code.ROOT_CHAIN_BROKEN
-            raise BundleError(code, f"root version {version} comes after version {last_root_version}")
+            raise BundleError(
+                code, f"root version {version} comes after version {last_root_version}"
+            )
         last_root_version = version
         data = _read_small(reader, member.name, member.size, limits.max_metadata_bytes)
-        advanced = advance_root(state, data, claimed_version=version, max_bytes=limits.max_metadata_bytes)
+        advanced = advance_root(
+            state, data, claimed_version=version, max_bytes=limits.max_metadata_bytes
+        )
         if advanced is not state:
             new_roots.append(advanced.root)
             state = advanced
@@ -161,7 +170,8 @@ def verify_bundle(
     if member is None or member.name != METADATA_MEMBER:
         found = "the end of the archive" if member is None else repr(member.name[:80])
         raise BundleError(
-            Code.ARCHIVE_LAYOUT, f"expected {METADATA_MEMBER} after the root documents, found {found}"
+            Code.ARCHIVE_LAYOUT,
+            f"expected {METADATA_MEMBER} after the root documents, found {found}",
         )
     envelope_bytes = _read_small(reader, member.name, member.size, limits.max_metadata_bytes)
     metadata, digest = _check_metadata(envelope_bytes, state, identity, now, limits)
@@ -171,7 +181,9 @@ def verify_bundle(
 
     issued = metadata.issued_at
     high_water = issued if state.time_high_water is None else max(state.time_high_water, issued)
-    final_trust = replace(state, time_high_water=high_water, revision=metadata.revision, digest=digest)
+    final_trust = replace(
+        state, time_high_water=high_water, revision=metadata.revision, digest=digest
+    )
     return VerifiedBundle(
         metadata=metadata,
         metadata_envelope=envelope_bytes,
@@ -180,6 +192,7 @@ def verify_bundle(
         artifacts=artifacts,
         new_roots=tuple(new_roots),
         trust=final_trust,
+        based_on=trust,
         already_in_force=already,
         archive_bytes=reader.bytes_read,
     )
@@ -189,7 +202,9 @@ def _check_metadata(
     envelope_bytes: bytes, state: TrustState, identity: Identity, now: dt.datetime, limits: Limits
 ) -> tuple[BundleMetadata, str]:
     root = state.root.root
-    envelope = parse_envelope(envelope_bytes, what="bundle metadata", max_bytes=limits.max_metadata_bytes)
+    envelope = parse_envelope(
+        envelope_bytes, what="bundle metadata", max_bytes=limits.max_metadata_bytes
+    )
     verify_envelope(
         envelope,
         what="bundle metadata",
@@ -240,9 +255,13 @@ def _check_metadata(
                 f"revision {metadata.revision} is already in force with different content",
             )
     for path, entry in metadata.files.items():
-        limit = limits.max_manifest_bytes if path.endswith((".yaml", ".yml")) else limits.max_file_bytes
+        limit = (
+            limits.max_manifest_bytes if path.endswith((".yaml", ".yml")) else limits.max_file_bytes
+        )
         if entry.length > limit:
-            raise BundleError(Code.TOO_LARGE, f"file {path!r} is {entry.length} bytes, limit is {limit}")
+            raise BundleError(
+                Code.TOO_LARGE, f"file {path!r} is {entry.length} bytes, limit is {limit}"
+            )
     return metadata, digest
 
 
@@ -263,22 +282,28 @@ def _check_payload(
             raise BundleError(Code.FILE_DUPLICATE, f"{METADATA_MEMBER} appears twice")
         if not member.name.startswith(PAYLOAD_PREFIX):
             code = Code.ARCHIVE_LAYOUT if member.name.startswith("roots/") else Code.FILE_UNLISTED
-            raise BundleError(code, f"member {member.name[:80]!r} is not allowed after {METADATA_MEMBER}")
-        path = member.name[len(PAYLOAD_PREFIX):]
+            raise BundleError(
+                code, f"member {member.name[:80]!r} is not allowed after {METADATA_MEMBER}"
+            )
+        path = member.name[len(PAYLOAD_PREFIX) :]
         entry = metadata.files.get(path)
         if entry is None:
-            raise BundleError(Code.FILE_UNLISTED, f"payload file {path[:80]!r} is not listed in the metadata")
+            raise BundleError(
+                Code.FILE_UNLISTED, f"payload file {path[:80]!r} is not listed in the metadata"
+            )
         if path in parsed or path in staged:
             raise BundleError(Code.FILE_DUPLICATE, f"payload file {path!r} appears twice")
         if member.size != entry.length:
             raise BundleError(
-                Code.LENGTH_MISMATCH, f"payload file {path!r} is {member.size} bytes, listed as {entry.length}"
+                Code.LENGTH_MISMATCH,
+                f"payload file {path!r} is {member.size} bytes, listed as {entry.length}",
             )
         if path in manifest_paths:
             manifest_total += member.size
             if manifest_total > limits.max_total_manifest_bytes:
                 raise BundleError(
-                    Code.TOO_LARGE, f"manifests exceed {limits.max_total_manifest_bytes} bytes in total"
+                    Code.TOO_LARGE,
+                    f"manifests exceed {limits.max_total_manifest_bytes} bytes in total",
                 )
             data = b"".join(reader.read_data())
             _check_digest(path, entry, hashlib.sha256(data).hexdigest())
@@ -292,7 +317,9 @@ def _check_payload(
 
     missing = sorted(set(metadata.files) - set(parsed) - set(staged))
     if missing:
-        raise BundleError(Code.FILE_MISSING, f"payload file {missing[0]!r} is listed but not in the archive")
+        raise BundleError(
+            Code.FILE_MISSING, f"payload file {missing[0]!r} is listed but not in the archive"
+        )
     layers = tuple(
         Layer(spec.name, tuple(parsed[p] for p in spec.manifests)) for spec in metadata.layers
     )

@@ -1,0 +1,226 @@
+"""``edge-agent``: argv → config → one call → text or JSON → exit code. No decisions here.
+
+Exit codes (docs/cli.md is the reference):
+
+    verify / import / watch     0 ok, 1 bundle rejected, 2 usage or configuration error,
+                                4 state store error (nothing was changed)
+    status                      0 healthy, 1 degraded, 2 failing, 3 not initialised
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bundle.trust import TrustState, load_initial_root
+from edge_agent.bundle.verify import VerifiedBundle
+from edge_agent.clock import Clock, SystemClock
+from edge_agent.config import DEFAULT_PATH, AgentConfig, load_config
+from edge_agent.errors import BundleError, ConfigError, StateError, StateWriteError
+from edge_agent.importer import file_sha256, import_file, verify_file
+from edge_agent.state import StateStore
+from edge_agent.status import Verdict, render, report
+
+log = logging.getLogger("edge_agent")
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_STATE = 4
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command == "watch" or args.verbose else logging.CRITICAL,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    clock = SystemClock()
+    try:
+        config = load_config(Path(args.config))
+        if args.command == "status":
+            return _status(config, as_json=args.json)
+        if args.command == "verify":
+            return _verify(config, Path(args.file), clock, as_json=args.json)
+        if args.command == "import":
+            return _import(config, Path(args.file), clock, as_json=args.json)
+        return _watch(config, clock)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except BundleError as exc:
+        _fail(f"rejected: {exc}", as_json=getattr(args, "json", False), code=exc.code.value)
+        return EXIT_REJECTED
+    except StateError as exc:
+        _fail(f"state store: {exc}")
+        return Verdict.FAILING.value if args.command == "status" else EXIT_STATE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="Keep this cluster on its signed desired state."
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("EDGE_AGENT_CONFIG", str(DEFAULT_PATH)),
+        help="agent configuration file (default: $EDGE_AGENT_CONFIG or %(default)s)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="verify a bundle file; change nothing")
+    verify.add_argument("file")
+    verify.add_argument("--json", action="store_true")
+    imp = commands.add_parser("import", help="verify a bundle file and make it the policy in force")
+    imp.add_argument("file")
+    imp.add_argument("--json", action="store_true")
+    status = commands.add_parser(
+        "status", help="show the policy in force, trust and recent imports"
+    )
+    status.add_argument("--json", action="store_true")
+    commands.add_parser("watch", help="import bundles that appear in the configured drop folders")
+    return parser
+
+
+def _open_store(config: AgentConfig, clock: Clock) -> StateStore:
+    store = StateStore.open(config.state_dir, snapshot_path=config.status_snapshot)
+    try:
+        if not store.is_provisioned():
+            store.provision(_initial_root(config), now=clock.now())
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _initial_root(config: AgentConfig) -> bytes:
+    try:
+        return config.initial_root.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"initial root {config.initial_root}: {exc.strerror or exc}") from None
+
+
+def _verify(config: AgentConfig, path: Path, clock: Clock, *, as_json: bool) -> int:
+    if (config.state_dir / "store").is_dir():
+        with _open_store(config, clock) as store:
+            trust = store.trust()
+    else:  # not yet provisioned: verify against the provisioned root, creating nothing
+        trust = TrustState(
+            load_initial_root(_initial_root(config), max_bytes=config.limits.max_metadata_bytes),
+            frozenset(),
+            None,
+            None,
+            None,
+        )
+    bundle = verify_file(path, trust=trust, config=config, clock=clock)
+    _emit(_summary("valid", bundle), as_json, f"valid: {_describe(bundle)}")
+    return EXIT_OK
+
+
+def _import(config: AgentConfig, path: Path, clock: Clock, *, as_json: bool) -> int:
+    with _open_store(config, clock) as store:
+        result = import_file(path, store=store, config=config, clock=clock)
+    outcome = "already in force" if result.outcome == "already-in-force" else "now in force"
+    _emit(
+        _summary(result.outcome, result.bundle),
+        as_json,
+        f"revision {result.bundle.metadata.revision} {outcome} ({result.bundle.metadata.bundle_id})",
+    )
+    return EXIT_OK
+
+
+def _status(config: AgentConfig, *, as_json: bool) -> int:
+    try:
+        with StateStore.open(config.state_dir, snapshot_path=None) as store:
+            view, source = store.view(), f"state store {config.state_dir / 'store'}"
+    except StateWriteError:
+        # Another user (no write access to the private store): read the snapshot instead.
+        try:
+            view = json.loads(config.status_snapshot.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StateError(
+                f"cannot read the store or the snapshot {config.status_snapshot}: {exc}"
+            ) from None
+        source = f"snapshot {config.status_snapshot}"
+    doc = report(view, cluster_id=config.cluster_id, labels=config.labels, source=source)
+    print(json.dumps(doc, indent=2, sort_keys=True) if as_json else render(doc))
+    return Verdict[doc["verdict"].upper().replace("-", "_")].value
+
+
+def _watch(config: AgentConfig, clock: Clock) -> int:
+    from edge_agent.watch import DropWatcher
+
+    if not config.drop_folders:
+        raise ConfigError(f"config: drop_folders is empty; nothing to watch ({config.state_dir})")
+    store = _open_store(config, clock)
+    lock = threading.Lock()
+
+    def on_bundle(path: Path) -> bool:
+        with lock:
+            try:
+                sha = file_sha256(path)
+                if store.seen_file(sha) is not None:
+                    log.debug("bundle %s already handled (sha256 %s)", path, sha[:16])
+                    return True
+                import_file(path, store=store, config=config, clock=clock)
+            except BundleError as exc:
+                return not exc.retryable
+            except StateError as exc:
+                return not exc.transient
+        return True
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    watcher = DropWatcher(config.drop_folders, on_bundle)
+    log.info("watching %s", ", ".join(config.drop_folders))
+    try:
+        watcher.start()
+        watcher.run(stop)
+    finally:
+        watcher.stop()
+        store.close()
+    return EXIT_OK
+
+
+def _summary(result: str, bundle: VerifiedBundle) -> dict[str, Any]:
+    meta = bundle.metadata
+    return {
+        "result": result,
+        "bundle_id": meta.bundle_id,
+        "revision": meta.revision,
+        "digest": bundle.digest,
+        "target": meta.target.to_json(),
+        "layers": [{"name": layer.name, "objects": layer.object_count} for layer in bundle.layers],
+        "artifacts": len(bundle.artifacts),
+        "root_version": bundle.trust.root.root.version,
+    }
+
+
+def _describe(bundle: VerifiedBundle) -> str:
+    meta = bundle.metadata
+    layers = ", ".join(f"{layer.name} ({layer.object_count})" for layer in bundle.layers)
+    return f"bundle {meta.bundle_id} revision {meta.revision} for {meta.target.describe()}; layers {layers}"
+
+
+def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(doc, sort_keys=True) if as_json else text)
+
+
+def _fail(message: str, *, as_json: bool = False, code: str | None = None) -> None:
+    line = " ".join(message.split())
+    if as_json:
+        print(json.dumps({"result": "rejected", "code": code, "error": line}, sort_keys=True))
+    print(f"edge-agent: {line}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The agent configuration: one YAML file, loaded once, checked strictly.
+
+Example (every key but ``cluster_id`` and ``paths.initial_root`` has a default)::
+
+    cluster_id: site-berlin-01          # DNS-style id; what bundles target
+    labels: {region: eu, tier: edge}    # matched by label-selector bundles
+    paths:
+      state_dir: /var/lib/edge-agent    # the agent's private state (store, artifacts)
+      initial_root: /etc/edge-agent/root.json   # trust anchor, used on first start only
+      status_snapshot: /var/lib/edge-agent/status.json  # world-readable status copy
+    drop_folders: ["/media/*/edge-bundles", "/var/lib/edge-agent/drop"]
+    limits:                             # bundle limits, bytes unless named otherwise
+      max_bundle_bytes: 4294967296
+      max_file_bytes: 2147483648
+      max_manifest_bytes: 4194304
+      max_metadata_bytes: 1048576
+      max_members: 10000
+      max_future_skew_s: 86400
+
+Unknown keys are errors (a misspelt key must not silently fall back to a default). Every
+error is a ``ConfigError`` whose one-line message names the file, the key and the problem.
+This module reads one file and does nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_agent.bundle.model import is_valid_cluster_id, is_valid_label
+from edge_agent.bundle.verify import Identity, Limits
+from edge_agent.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/edge-agent/config.yaml")
+MAX_CONFIG_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    cluster_id: str
+    labels: Mapping[str, str]
+    state_dir: Path
+    initial_root: Path
+    status_snapshot: Path
+    drop_folders: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.cluster_id, self.labels)
+
+
+_TOP_KEYS = {"cluster_id", "labels", "paths", "drop_folders", "limits"}
+_PATH_KEYS = {"state_dir", "initial_root", "status_snapshot"}
+_LIMIT_KEYS = {
+    "max_bundle_bytes",
+    "max_file_bytes",
+    "max_manifest_bytes",
+    "max_total_manifest_bytes",
+    "max_metadata_bytes",
+    "max_members",
+    "max_future_skew_s",
+}
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and check the configuration file at ``path``."""
+    where = str(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config {where}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config {where}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {where}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {where}: not valid UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config {where}: not valid YAML{line}") from None
+    return parse_config(doc, where=where, base=path.parent)
+
+
+def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
+    """Check a loaded document; relative paths are taken relative to ``base``."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config {where}: expected a mapping at the top level")
+    _known(doc, _TOP_KEYS, where, "")
+    cluster_id = doc.get("cluster_id")
+    if not isinstance(cluster_id, str) or not is_valid_cluster_id(cluster_id):
+        raise ConfigError(
+            f"config {where}: cluster_id must be a lowercase DNS-style name, got {cluster_id!r}"
+        )
+    labels = doc.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ConfigError(f"config {where}: labels must be a mapping of strings")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not is_valid_label(key, value):
+            raise ConfigError(
+                f"config {where}: label {key!r}: {value!r} is not a valid Kubernetes label"
+            )
+
+    paths = doc.get("paths") or {}
+    if not isinstance(paths, dict):
+        raise ConfigError(f"config {where}: paths must be a mapping")
+    _known(paths, _PATH_KEYS, where, "paths.")
+    state_dir = _path(paths.get("state_dir", "/var/lib/edge-agent"), where, "paths.state_dir", base)
+    if "initial_root" not in paths:
+        raise ConfigError(
+            f"config {where}: paths.initial_root is required (the provisioned trust root)"
+        )
+    initial_root = _path(paths["initial_root"], where, "paths.initial_root", base)
+    snapshot = _path(
+        paths.get("status_snapshot", str(state_dir / "status.json")),
+        where,
+        "paths.status_snapshot",
+        base,
+    )
+
+    folders = doc.get("drop_folders") or []
+    if not isinstance(folders, list) or not all(
+        isinstance(f, str) and f.startswith("/") for f in folders
+    ):
+        raise ConfigError(
+            f"config {where}: drop_folders must be a list of absolute paths or glob patterns"
+        )
+
+    limits_doc = doc.get("limits") or {}
+    if not isinstance(limits_doc, dict):
+        raise ConfigError(f"config {where}: limits must be a mapping")
+    _known(limits_doc, _LIMIT_KEYS, where, "limits.")
+    for key, value in limits_doc.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(
+                f"config {where}: limits.{key} must be a positive integer, got {value!r}"
+            )
+    limits = dataclasses.replace(Limits(), **limits_doc)
+
+    return AgentConfig(
+        cluster_id=cluster_id,
+        labels=dict(labels),
+        state_dir=state_dir,
+        initial_root=initial_root,
+        status_snapshot=snapshot,
+        drop_folders=tuple(folders),
+        limits=limits,
+    )
+
+
+def _known(doc: Mapping[str, Any], allowed: set[str], where: str, prefix: str) -> None:
+    unknown = sorted(str(k) for k in doc if k not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"config {where}: unknown key {prefix}{unknown[0]!r} (known: {', '.join(sorted(allowed))})"
+        )
+
+
+def _path(value: Any, where: str, key: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"config {where}: {key} must be a path, got {value!r}")
+    path = Path(value)
+    return path if path.is_absolute() else (base / path)

@@ -1,0 +1,180 @@
+"""Importing a bundle file: read it once, verify it, commit it, record the outcome.
+
+This is the shell around ``bundle.verify``: it opens the file, hashes it while verification
+streams it, stages artifacts in a private folder, and asks the state store to commit. The
+online sync path (a later issue) calls ``verify_and_commit`` with the bytes it downloaded,
+so both paths meet at the same verification function and the same commit.
+
+It never writes to the folder the bundle came from (USB media may be read-only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from edge_agent.bundle.trust import TrustState
+from edge_agent.bundle.verify import DiscardSink, VerifiedBundle, verify_bundle
+from edge_agent.clock import Clock
+from edge_agent.config import AgentConfig
+from edge_agent.errors import BundleError, BundleErrorCode, StateError
+from edge_agent.state import ImportRecord, Source, StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    outcome: str  # "committed" or "already-in-force"
+    bundle: VerifiedBundle
+    file_sha256: str
+
+
+class BundleInput:
+    """An untrusted bundle byte stream that hashes everything read through it.
+
+    ``sha256()`` reads the rest of the stream and returns the hash of all of it: the
+    identity under which the file is remembered as seen.
+    """
+
+    def __init__(self, stream: BinaryIO, *, kind: str, location: str) -> None:
+        self._stream = stream
+        self._hasher = hashlib.sha256()
+        self.kind = kind
+        self.location = location
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._hasher.update(data)
+        return data
+
+    def sha256(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self._hasher.hexdigest()
+
+
+def verify_file(
+    path: Path, *, trust: TrustState, config: AgentConfig, clock: Clock
+) -> VerifiedBundle:
+    """Verify without side effects: nothing is staged, committed or recorded."""
+    with _open(path) as handle:
+        return verify_bundle(
+            handle,
+            trust=trust,
+            identity=config.identity,
+            now=clock.now(),
+            limits=config.limits,
+            sink=DiscardSink(),
+        )
+
+
+def import_file(
+    path: Path, *, store: StateStore, config: AgentConfig, clock: Clock
+) -> ImportResult:
+    """Verify and commit one bundle file; see ``verify_and_commit``."""
+    with _open(path) as handle:
+        return verify_and_commit(
+            BundleInput(handle, kind="bundle", location=str(path)),
+            store=store,
+            config=config,
+            clock=clock,
+        )
+
+
+def verify_and_commit(
+    source: BundleInput, *, store: StateStore, config: AgentConfig, clock: Clock
+) -> ImportResult:
+    """The one path from untrusted bytes to the policy in force, for every source.
+
+    Records the outcome in the import history. Raises BundleError (rejected) or StateError
+    (could not commit); in both cases the previous policy stays in force.
+    """
+    now = clock.now()
+    try:
+        with store.staging() as staging:
+            bundle = verify_bundle(
+                cast(BinaryIO, source),
+                trust=store.trust(),
+                identity=config.identity,
+                now=now,
+                limits=config.limits,
+                sink=staging,
+            )
+            sha = source.sha256()
+            meta = bundle.metadata
+            if bundle.already_in_force:
+                store.record_import(
+                    ImportRecord(
+                        now, source.location, sha, "already-in-force", meta.revision, meta.bundle_id
+                    )
+                )
+                log.info(
+                    "bundle %s: revision %d is already in force", source.location, meta.revision
+                )
+                return ImportResult("already-in-force", bundle, sha)
+            store.commit(
+                bundle,
+                source=Source(source.kind, source.location, sha, now),
+                staging=staging,
+                now=now,
+            )
+    except BundleError as exc:
+        # A file still being copied (truncated) is not remembered: it will be offered again.
+        sha_or_none = None if exc.retryable else _drain_hash(source)
+        _record(
+            store,
+            ImportRecord(
+                now,
+                source.location,
+                sha_or_none,
+                "rejected",
+                code=exc.code.value,
+                message=exc.detail,
+            ),
+        )
+        log.warning("bundle %s rejected: %s", source.location, exc)
+        raise
+    except StateError as exc:
+        _record(store, ImportRecord(now, source.location, None, "failed", message=str(exc)))
+        log.error("bundle %s not committed: %s", source.location, exc)
+        raise
+    log.info(
+        "bundle %s committed: revision %d (%s) now in force",
+        source.location,
+        meta.revision,
+        meta.bundle_id,
+    )
+    return ImportResult("committed", bundle, sha)
+
+
+def _drain_hash(source: BundleInput) -> str | None:
+    try:
+        return source.sha256()
+    except OSError:
+        return None
+
+
+def _record(store: StateStore, record: ImportRecord) -> None:
+    try:
+        store.record_import(record)
+    except StateError as exc:
+        log.error("import result for %s not recorded: %s", record.location, exc)
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise BundleError(
+            BundleErrorCode.READ_FAILED, f"cannot open {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a whole file, read in 1 MiB chunks."""
+    with _open(path) as handle:
+        return BundleInput(handle, kind="bundle", location=str(path)).sha256()

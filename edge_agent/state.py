@@ -1,0 +1,563 @@
+"""The agent's on-disk state: the only module that touches the embedded store.
+
+Layout of ``state_dir`` (created 0755; everything private below it is 0700/0600)::
+
+    store/          diskcache (SQLite, WAL) — the store of record, private to the agent
+    artifacts/      verified artifact blobs, named by SHA-256, private
+    staging/        one private folder per import in progress; removed on success or failure
+    status.json     a world-readable snapshot for ``edge-agent status`` run by other users
+
+diskcache is configured as a store of record, not a cache (its defaults are wrong here):
+no eviction (it evicted a security key once the cache filled), every value kept inside
+SQLite (values >= 32 KiB as separate files were lost to ``kill -9`` inside a transaction),
+``synchronous=FULL`` (NORMAL can lose the last commit on power loss), and JSON values
+(the default pickling is a known, unfixed code-execution risk).
+
+Keys and what they hold (all JSON):
+
+    schema_version      int, SCHEMA_VERSION
+    trust               trusted root envelope, revoked key ids, trusted-time mark,
+                        revision in force and its digest
+    root_history        every root version accepted, oldest first
+    policy/current      the policy in force (manifests, settings, source)
+    policy/previous     the policy it replaced
+    imports             the newest MAX_IMPORTS import attempts, newest last
+    seen_files          SHA-256 of bundle files already handled, with their result
+
+Committing a verified bundle is one SQLite transaction; artifacts are placed (fsynced,
+renamed) before it, so after ``kill -9`` at any point the store holds the old policy or
+the new one, never a mix, and every artifact the policy names exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from edge_agent.bundle.envelope import parse_envelope
+from edge_agent.bundle.model import parse_root
+from edge_agent.bundle.trust import TrustedRoot, TrustState, load_initial_root
+from edge_agent.bundle.verify import VerifiedBundle
+from edge_agent.clock import format_time, parse_time
+from edge_agent.errors import (
+    BundleError,
+    StateCorruptError,
+    StateError,
+    StateSchemaError,
+    StateWriteError,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MAX_IMPORTS = 200
+MAX_SEEN_FILES = 2000
+_ROOT_MAX_BYTES = 1 << 20
+
+#: diskcache settings that make it a store of record; checked by the tests.
+STORE_SETTINGS: Mapping[str, Any] = {
+    "eviction_policy": "none",
+    "size_limit": 2**62,
+    "cull_limit": 0,
+    "disk_min_file_size": 2**62,  # never spill a value to a separate file
+    "sqlite_synchronous": 2,  # FULL
+    "sqlite_journal_mode": "wal",
+    "statistics": 0,
+    "tag_index": 0,
+}
+
+_K_SCHEMA = "schema_version"
+_K_TRUST = "trust"
+_K_ROOTS = "root_history"
+_K_CURRENT = "policy/current"
+_K_PREVIOUS = "policy/previous"
+_K_IMPORTS = "imports"
+_K_SEEN = "seen_files"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a policy came from."""
+
+    kind: str  # "bundle" (offline file); "sync" later
+    location: str  # file path, or server URL
+    file_sha256: str
+    received_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "location": self.location,
+            "file_sha256": self.file_sha256,
+            "received_at": format_time(self.received_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRecord:
+    """One attempt to import a bundle, kept in the import history."""
+
+    at: dt.datetime
+    location: str
+    file_sha256: str | None
+    result: str  # "committed", "already-in-force", "rejected", "failed"
+    revision: int | None = None
+    bundle_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": format_time(self.at),
+            "location": self.location,
+            "file_sha256": self.file_sha256,
+            "result": self.result,
+            "revision": self.revision,
+            "bundle_id": self.bundle_id,
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+class Staging:
+    """A private folder for one import's artifacts; the ``ArtifactSink`` of ``verify``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: dict[str, Path] = {}
+
+    def store(self, path: str, chunks: Iterable[bytes]) -> None:
+        target = self.folder / f"{len(self.files):05d}.blob"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise StateWriteError(
+                f"staging artifact {path!r} failed: {exc.strerror or exc}"
+            ) from None
+        self.files[path] = target
+
+
+class StateStore:
+    """The agent's state; see the module docstring. Open with ``StateStore.open``."""
+
+    def __init__(self, state_dir: Path, cache: diskcache.Cache, snapshot_path: Path | None) -> None:
+        self.state_dir = state_dir
+        self._cache = cache
+        self._snapshot_path = snapshot_path
+        self._artifacts = state_dir / "artifacts"
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, state_dir: Path, *, snapshot_path: Path | None = None, timeout_s: float = 30.0
+    ) -> StateStore:
+        """Open (creating if needed) the store; raise StateError if it cannot be used."""
+        try:
+            state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            for private in ("store", "artifacts", "staging"):
+                (state_dir / private).mkdir(mode=0o700, exist_ok=True)
+                os.chmod(state_dir / private, 0o700)
+        except OSError as exc:
+            raise StateWriteError(f"state directory {state_dir}: {exc.strerror or exc}") from None
+        try:
+            cache = diskcache.Cache(
+                str(state_dir / "store"),
+                timeout=timeout_s,
+                disk=diskcache.JSONDisk,
+                **STORE_SETTINGS,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise _classify(exc, f"state store {state_dir / 'store'}") from None
+        store = cls(state_dir, cache, snapshot_path)
+        store._check_schema()
+        return store
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_schema(self) -> None:
+        version = self._get(_K_SCHEMA)
+        if version is None:
+            if self._get(_K_TRUST) is not None:
+                raise StateCorruptError(
+                    f"state store {self.state_dir}: has data but no schema version"
+                )
+            with self._write("initialising the store"):
+                self._cache.set(_K_SCHEMA, SCHEMA_VERSION)
+        elif version != SCHEMA_VERSION:
+            raise StateSchemaError(
+                f"state store {self.state_dir}: schema version {version!r}, this agent reads {SCHEMA_VERSION}"
+            )
+
+    # -- trust -----------------------------------------------------------------------------
+    def is_provisioned(self) -> bool:
+        return self._get(_K_TRUST) is not None
+
+    def provision(self, initial_root: bytes, *, now: dt.datetime) -> None:
+        """Trust the provisioned root if no root is trusted yet; otherwise do nothing."""
+        if self.is_provisioned():
+            return
+        trusted = load_initial_root(initial_root, max_bytes=_ROOT_MAX_BYTES)
+        state = TrustState(trusted, frozenset(), None, None, None)
+        with self._write("provisioning the trust root"), self._cache.transact():
+            if self._cache.get(_K_TRUST) is None:
+                self._cache.set(_K_TRUST, _trust_to_json(state))
+                self._cache.set(_K_ROOTS, [_root_entry(trusted, now)])
+        self.write_snapshot()
+
+    def trust(self) -> TrustState:
+        """The trust state verification starts from; StateError before provisioning."""
+        raw = self._get(_K_TRUST)
+        if raw is None:
+            raise StateError(f"state store {self.state_dir}: no trusted root yet (not provisioned)")
+        return _trust_from_json(raw, self.state_dir)
+
+    # -- policy ----------------------------------------------------------------------------
+    def staging(self) -> contextlib.AbstractContextManager[Staging]:
+        """A private staging folder, removed when the block ends (whatever happened)."""
+        return _staging(self.state_dir / "staging")
+
+    def commit(
+        self, bundle: VerifiedBundle, *, source: Source, staging: Staging, now: dt.datetime
+    ) -> None:
+        """Make ``bundle`` the policy in force, atomically.
+
+        Raises StateError if the policy in force changed since ``bundle`` was verified (a
+        concurrent import), or StateWriteError if the disk refuses; either way the previous
+        policy stays in force.
+        """
+        self._place_artifacts(bundle, staging)
+        record = ImportRecord(
+            now,
+            source.location,
+            source.file_sha256,
+            "committed",
+            bundle.metadata.revision,
+            bundle.metadata.bundle_id,
+        )
+        with self._write(f"committing revision {bundle.metadata.revision}"), self._cache.transact():
+            if self._cache.get(_K_TRUST) != _trust_to_json(bundle.based_on):
+                raise StateError(
+                    "the policy in force changed while this bundle was verified; import it again"
+                )
+            previous = self._cache.get(_K_CURRENT)
+            if previous is not None:
+                self._cache.set(_K_PREVIOUS, previous)
+            self._cache.set(_K_CURRENT, _policy_to_json(bundle, source))
+            self._cache.set(_K_TRUST, _trust_to_json(bundle.trust))
+            if bundle.new_roots:
+                history = list(self._cache.get(_K_ROOTS) or [])
+                history.extend(_root_entry(r, now) for r in bundle.new_roots)
+                self._cache.set(_K_ROOTS, history)
+            self._append_import(record)
+            self._mark_seen(source.file_sha256, record)
+        self._collect_artifacts()
+        self.write_snapshot()
+
+    def record_import(self, record: ImportRecord) -> None:
+        """Remember an import attempt that did not commit (rejected, already in force...)."""
+        with self._write("recording an import result"), self._cache.transact():
+            self._append_import(record)
+            if record.file_sha256 is not None:
+                self._mark_seen(record.file_sha256, record)
+        self.write_snapshot()
+
+    def seen_file(self, file_sha256: str) -> Mapping[str, Any] | None:
+        seen = self._get(_K_SEEN) or {}
+        entry = seen.get(file_sha256)
+        return entry if isinstance(entry, dict) else None
+
+    def current_policy(self) -> Mapping[str, Any] | None:
+        value = self._get(_K_CURRENT)
+        return value if isinstance(value, dict) else None
+
+    def previous_policy(self) -> Mapping[str, Any] | None:
+        value = self._get(_K_PREVIOUS)
+        return value if isinstance(value, dict) else None
+
+    def imports(self) -> list[Mapping[str, Any]]:
+        return list(self._get(_K_IMPORTS) or [])
+
+    def root_history(self) -> list[Mapping[str, Any]]:
+        return list(self._get(_K_ROOTS) or [])
+
+    def artifact_path(self, sha256: str) -> Path:
+        return self._artifacts / sha256
+
+    def settings(self) -> Mapping[str, Any]:
+        """The diskcache settings in force, as stored (for checks and diagnostics)."""
+        return {key: getattr(self._cache, key) for key in STORE_SETTINGS}
+
+    # -- status snapshot -----------------------------------------------------------------
+    def view(self) -> dict[str, Any]:
+        """Everything ``status`` shows, as plain JSON (no manifests, no key material)."""
+        policy = self.current_policy()
+        previous = self.previous_policy()
+        trust_raw = self._get(_K_TRUST)
+        trust = _trust_from_json(trust_raw, self.state_dir) if trust_raw else None
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "policy": _policy_summary(policy) if policy else None,
+            "previous_policy": _policy_summary(previous) if previous else None,
+            "trust": _trust_summary(trust) if trust else None,
+            "imports": self.imports()[-20:],
+        }
+
+    def write_snapshot(self) -> None:
+        """Refresh the world-readable status snapshot; failures are logged, never fatal."""
+        if self._snapshot_path is None:
+            return
+        try:
+            data = json.dumps(self.view(), sort_keys=True, indent=1).encode("utf-8")
+            _atomic_write(self._snapshot_path, data, mode=0o644)
+        except (OSError, StateError) as exc:
+            log.warning("status snapshot %s not written: %s", self._snapshot_path, exc)
+
+    # -- internals ---------------------------------------------------------------------
+    def _get(self, key: str) -> Any:
+        try:
+            return self._cache.get(key)
+        except sqlite3.DatabaseError as exc:
+            raise _classify(exc, f"state store {self.state_dir}: reading {key!r}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StateCorruptError(
+                f"state store {self.state_dir}: value {key!r} is unreadable: {exc}"
+            ) from None
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise _classify(exc, f"state store {self.state_dir}: {what}") from None
+        except OSError as exc:
+            raise StateWriteError(
+                f"state store {self.state_dir}: {what}: {exc.strerror or exc}"
+            ) from None
+
+    def _append_import(self, record: ImportRecord) -> None:
+        history = list(self._cache.get(_K_IMPORTS) or [])
+        history.append(record.to_json())
+        self._cache.set(_K_IMPORTS, history[-MAX_IMPORTS:])
+
+    def _mark_seen(self, file_sha256: str, record: ImportRecord) -> None:
+        seen = dict(self._cache.get(_K_SEEN) or {})
+        seen.pop(file_sha256, None)
+        seen[file_sha256] = {
+            "at": format_time(record.at),
+            "result": record.result,
+            "code": record.code,
+        }
+        while len(seen) > MAX_SEEN_FILES:
+            seen.pop(next(iter(seen)))
+        self._cache.set(_K_SEEN, seen)
+
+    def _place_artifacts(self, bundle: VerifiedBundle, staging: Staging) -> None:
+        try:
+            for artifact in bundle.artifacts:
+                final = self._artifacts / artifact.sha256
+                if final.exists():
+                    continue
+                os.replace(staging.files[artifact.path], final)
+            _fsync_dir(self._artifacts)
+        except OSError as exc:
+            raise StateWriteError(
+                f"placing artifacts in {self._artifacts}: {exc.strerror or exc}"
+            ) from None
+
+    def _collect_artifacts(self) -> None:
+        keep: set[str] = set()
+        for policy in (self.current_policy(), self.previous_policy()):
+            if policy:
+                keep.update(a["sha256"] for a in policy.get("artifacts", []))
+        for blob in self._artifacts.iterdir():
+            if blob.name not in keep:
+                with contextlib.suppress(OSError):
+                    blob.unlink()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _staging(parent: Path) -> Iterator[Staging]:
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="import-", dir=parent))
+    except OSError as exc:
+        raise StateWriteError(
+            f"cannot create a staging folder in {parent}: {exc.strerror or exc}"
+        ) from None
+    try:
+        yield Staging(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _classify(exc: sqlite3.DatabaseError, what: str) -> StateError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and (
+        "full" in text or "locked" in text or "readonly" in text
+    ):
+        return StateWriteError(f"{what}: {text}")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StateCorruptError(f"{what}: {text}; move the store aside to re-provision")
+    return StateError(f"{what}: {text}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _root_entry(trusted: TrustedRoot, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "version": trusted.root.version,
+        "envelope": _b64(trusted.envelope),
+        "sha256": hashlib.sha256(trusted.envelope).hexdigest(),
+        "accepted_at": format_time(now),
+    }
+
+
+def _trust_to_json(state: TrustState) -> dict[str, Any]:
+    return {
+        "root_envelope": _b64(state.root.envelope),
+        "revoked_keyids": sorted(state.revoked_keyids),
+        "time_high_water": format_time(state.time_high_water) if state.time_high_water else None,
+        "revision": state.revision,
+        "digest": state.digest,
+    }
+
+
+def _trust_from_json(raw: Any, state_dir: Path) -> TrustState:
+    try:
+        envelope_bytes = base64.b64decode(raw["root_envelope"], validate=True)
+        envelope = parse_envelope(envelope_bytes, what="stored root", max_bytes=_ROOT_MAX_BYTES)
+        root = parse_root(envelope.payload, max_bytes=_ROOT_MAX_BYTES)
+        high_water = raw["time_high_water"]
+        return TrustState(
+            root=TrustedRoot(root, envelope_bytes),
+            revoked_keyids=frozenset(raw["revoked_keyids"]),
+            time_high_water=parse_time(high_water) if high_water else None,
+            revision=raw["revision"],
+            digest=raw["digest"],
+        )
+    except (KeyError, TypeError, ValueError, BundleError) as exc:
+        raise StateCorruptError(
+            f"state store {state_dir}: trusted root record is unreadable: {exc}"
+        ) from None
+
+
+def _policy_to_json(bundle: VerifiedBundle, source: Source) -> dict[str, Any]:
+    meta = bundle.metadata
+    return {
+        "bundle_id": meta.bundle_id,
+        "revision": meta.revision,
+        "digest": bundle.digest,
+        "target": meta.target.to_json(),
+        "issued_at": format_time(meta.issued_at),
+        "expires_at": format_time(meta.expires_at),
+        "settings": meta.settings.to_json(),
+        "layers": [
+            {
+                "name": layer.name,
+                "manifests": [
+                    {"path": m.path, "sha256": m.sha256, "text": m.text, "objects": list(m.objects)}
+                    for m in layer.manifests
+                ],
+            }
+            for layer in bundle.layers
+        ],
+        "artifacts": [
+            {"path": a.path, "kind": a.kind, "sha256": a.sha256, "length": a.length}
+            for a in bundle.artifacts
+        ],
+        "metadata_envelope": _b64(bundle.metadata_envelope),
+        "source": source.to_json(),
+    }
+
+
+def _policy_summary(policy: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "bundle_id": policy["bundle_id"],
+        "revision": policy["revision"],
+        "digest": policy["digest"],
+        "target": policy["target"],
+        "issued_at": policy["issued_at"],
+        "expires_at": policy["expires_at"],
+        "settings": policy["settings"],
+        "layers": [
+            {
+                "name": layer["name"],
+                "manifests": len(layer["manifests"]),
+                "objects": sum(len(m["objects"]) for m in layer["manifests"]),
+            }
+            for layer in policy["layers"]
+        ],
+        "artifacts": [
+            {"path": a["path"], "kind": a["kind"], "length": a["length"]}
+            for a in policy["artifacts"]
+        ],
+        "source": policy["source"],
+    }
+
+
+def _trust_summary(trust: TrustState) -> dict[str, Any]:
+    root = trust.root.root
+    return {
+        "root_version": root.version,
+        "root_expires_at": format_time(root.expires_at),
+        "root_keys": sorted(root.root_role.keyids),
+        "root_threshold": root.root_role.threshold,
+        "policy_keys": sorted(root.policy_role.keyids),
+        "policy_threshold": root.policy_role.threshold,
+        "revoked_keys": sorted(trust.revoked_keyids),
+        "time_high_water": format_time(trust.time_high_water) if trust.time_high_water else None,
+    }

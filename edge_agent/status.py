@@ -1,0 +1,125 @@
+"""What ``edge-agent status`` says: a verdict and a report, from a state view.
+
+``assess`` turns the state view (``StateStore.view()`` or the world-readable snapshot,
+both the same JSON) into a verdict with a monitoring-friendly exit code; ``render`` writes
+the report for a person. Pure: dicts in, text out. The JSON form is the view itself plus
+the verdict and the agent identity: keys are only ever added, never renamed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+
+class Verdict(enum.Enum):
+    """Exit codes follow the Nagios plugin convention so monitoring can use them as is."""
+
+    HEALTHY = 0
+    DEGRADED = 1
+    FAILING = 2
+    NOT_INITIALISED = 3
+
+
+def assess(view: Mapping[str, Any]) -> tuple[Verdict, str]:
+    """The verdict and its one-line reason."""
+    if view.get("trust") is None:
+        return Verdict.NOT_INITIALISED, "no trusted root yet (the agent has not been provisioned)"
+    policy = view.get("policy")
+    imports = view.get("imports") or []
+    last = imports[-1] if imports else None
+    if policy is None:
+        if last and last["result"] in ("rejected", "failed"):
+            return Verdict.NOT_INITIALISED, f"no policy in force; last import {last['result']}"
+        return Verdict.NOT_INITIALISED, "no policy in force yet (import a bundle)"
+    if last and last["result"] in ("rejected", "failed"):
+        return (
+            Verdict.DEGRADED,
+            f"revision {policy['revision']} in force; last import {last['result']}: {last.get('code') or ''}".rstrip(
+                ": "
+            ),
+        )
+    return Verdict.HEALTHY, f"revision {policy['revision']} in force"
+
+
+def report(
+    view: Mapping[str, Any], *, cluster_id: str, labels: Mapping[str, str], source: str
+) -> dict[str, Any]:
+    """The stable JSON document of ``status --json``."""
+    verdict, reason = assess(view)
+    return {
+        "verdict": verdict.name.lower().replace("_", "-"),
+        "reason": reason,
+        "cluster_id": cluster_id,
+        "labels": dict(labels),
+        "read_from": source,
+        **dict(view),
+    }
+
+
+def render(doc: Mapping[str, Any]) -> str:
+    """Human report of a ``report`` document."""
+    lines = [
+        f"edge-agent: {doc['verdict'].upper()} — {doc['reason']}",
+        f"cluster      {doc['cluster_id']}  labels: {_labels(doc['labels'])}",
+    ]
+    policy = doc.get("policy")
+    if policy:
+        src = policy["source"]
+        lines += [
+            f"policy       revision {policy['revision']}  bundle {policy['bundle_id']}",
+            f"             from {src['kind']} {src['location']} at {src['received_at']}",
+            f"             issued {policy['issued_at']}  expires {policy['expires_at']}",
+            f"             mode {policy['settings']['mode']}  reconcile every {policy['settings']['reconcile_interval_s']} s"
+            f"  sync every {policy['settings']['sync_interval_s']} s",
+        ]
+        for layer in policy["layers"]:
+            lines.append(
+                f"  layer      {layer['name']:<16} {layer['objects']} objects in {layer['manifests']} files"
+            )
+        for artifact in policy["artifacts"]:
+            lines.append(
+                f"  artifact   {artifact['path']} ({artifact['kind']}, {artifact['length']} bytes)"
+            )
+    else:
+        lines.append("policy       none in force")
+    previous = doc.get("previous_policy")
+    if previous:
+        lines.append(
+            f"previous     revision {previous['revision']}  bundle {previous['bundle_id']}"
+        )
+    trust = doc.get("trust")
+    if trust:
+        lines += [
+            f"trust root   version {trust['root_version']}  expires {trust['root_expires_at']}",
+            f"  root keys   {_keys(trust['root_keys'])} (threshold {trust['root_threshold']})",
+            f"  policy keys {_keys(trust['policy_keys'])} (threshold {trust['policy_threshold']})",
+        ]
+        if trust["revoked_keys"]:
+            lines.append(f"  revoked     {_keys(trust['revoked_keys'])}")
+        lines.append(
+            f"trusted time {trust['time_high_water'] or 'none yet'} (newest issued-at accepted)"
+        )
+    imports = doc.get("imports") or []
+    if imports:
+        lines.append("last imports")
+        for entry in imports[-5:][::-1]:
+            what = (
+                f"revision {entry['revision']}"
+                if entry.get("revision")
+                else entry.get("code") or ""
+            )
+            lines.append(f"  {entry['at']}  {entry['result']:<16} {what}  {entry['location']}")
+            if entry.get("message") and entry["result"] in ("rejected", "failed"):
+                lines.append(f"      {entry['message']}")
+    lines.append(f"(read from {doc['read_from']})")
+    return "\n".join(lines)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+
+
+def _keys(keyids: list[str]) -> str:
+    return " ".join(k[:12] for k in keyids)

@@ -1,0 +1,411 @@
+"""Drop-folder watching: find bundle files that arrive in drop folders and hand them over.
+
+One concept: turn "a bundle file may have become complete in a drop folder" into a call of
+``on_bundle(path)``. Drop folders are glob patterns (``/media/*/edge-bundles``) so that USB
+sticks mounted under any name are found.
+
+How: inotify (through watchdog) reports a file closed after writing and a file renamed into
+a folder. inotify cannot see everything, so the watcher also polls:
+
+- a filesystem mounted over a watched folder is invisible to the old watch, and a watch on
+  a folder whose filesystem is unmounted and mounted again dies silently (the observer
+  still reports alive). ``poll()`` therefore detects mount-table changes by reading
+  ``/proc/self/mountinfo`` and by ``poll(2)``-ing it for ``POLLPRI``. The second is needed:
+  a stick pulled and pushed in again between two polls gets the same mount id and device
+  number, so the table text can be byte-for-byte the same. On any change every folder is
+  watched afresh (unschedule, schedule) and then scanned once.
+- folders appear and disappear without mounts, and a watch dies when its folder is deleted.
+  ``poll()`` expands the patterns again and re-watches (then scans) any folder that is new,
+  was replaced (other device or inode) or whose watch has stopped.
+
+What it does not do: it does not read, hash, verify or remember bundle contents (the
+callback does, and it ignores files it has already imported); it does not watch
+sub-folders; it never writes, renames or deletes anything in a watched folder (USB media
+may be read-only); it does not blacklist a file that fails.
+
+Invariants:
+- Only regular files (``lstat``, so never a symlink) with a bundle suffix and a name not
+  starting with ``.`` are handed over.
+- ``on_bundle`` is never called concurrently: inotify events (observer thread) and scans
+  (the thread calling ``poll()``) take the same lock. It returns True when the file is done
+  with, whatever the outcome, and False when it is worth offering again (a copy still in
+  progress). An exception from it is logged and counts as False.
+- A file the callback called done is not offered again by a scan while its device, inode,
+  size and mtime are unchanged. Every inotify event is offered: it is a sign of change.
+- A half-copied file may be offered (a rename or close before the copy ends); it is offered
+  again on its next close-after-write event or after the next mount change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import select
+import stat
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import ObservedWatch
+from watchdog.observers.inotify import InotifyObserver
+
+from edge_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUFFIXES: tuple[str, ...] = (".bundle", ".tar", ".tar.gz")
+"""File name endings of bundle files, compared without regard to case (FAT sticks)."""
+
+MOUNTINFO_PATH = Path("/proc/self/mountinfo")
+
+BundleCallback = Callable[[Path], bool]
+"""Called with a candidate file; True = done with it, False = offer it again later."""
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+# -- pure: mount table and names --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MountPoint:
+    """One line of ``/proc/<pid>/mountinfo``, the fields the watcher needs."""
+
+    mount_id: int
+    mount_point: str
+    fs_type: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    """Undo the kernel's octal escapes (``\\040`` space, ``\\011`` tab, ``\\134`` backslash)."""
+    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> tuple[MountPoint, ...]:
+    """Parse the text of a mountinfo file (proc(5)); blank lines are skipped.
+
+    A line is ``id parent major:minor root mount-point options [optional...] - type source
+    super-options``. Raise ValueError naming the line when one does not have that shape.
+    """
+    mounts: list[MountPoint] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            separator = fields.index("-", 6)
+        except ValueError:
+            raise ValueError(f"mountinfo line {number}: no ' - ' separator in {line!r}") from None
+        if len(fields) < separator + 3 or not fields[0].isdigit():
+            raise ValueError(f"mountinfo line {number}: expected id and source in {line!r}")
+        mounts.append(
+            MountPoint(
+                mount_id=int(fields[0]),
+                mount_point=_unescape(fields[4]),
+                fs_type=_unescape(fields[separator + 1]),
+                source=_unescape(fields[separator + 2]),
+            )
+        )
+    return tuple(mounts)
+
+
+def changed_mount_points(before: Iterable[MountPoint], after: Iterable[MountPoint]) -> frozenset[str]:
+    """Mount points where something was mounted, unmounted or replaced; empty if none."""
+    return frozenset(mount.mount_point for mount in set(before) ^ set(after))
+
+
+def is_candidate_name(name: str, suffixes: Iterable[str]) -> bool:
+    """True when a file name looks like a finished bundle: a known suffix and not hidden."""
+    folded = name.casefold()
+    return not name.startswith(".") and any(
+        folded.endswith(suffix.casefold()) and len(folded) > len(suffix) for suffix in suffixes
+    )
+
+
+# -- the shell --------------------------------------------------------------------------------
+
+
+class _FileStamp(NamedTuple):
+    """What must stay the same for a file to count as unchanged."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(slots=True)
+class _Watched:
+    """A folder being watched: the watch, and which directory it was when scheduled."""
+
+    watch: ObservedWatch
+    identity: tuple[int, int]  # (st_dev, st_ino)
+
+
+class _Events(FileSystemEventHandler):
+    """Forwards close-after-write and rename-into events to the watcher (observer thread)."""
+
+    def __init__(self, offer: Callable[[Path], None]) -> None:
+        self._offer = offer
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent):
+            target = event.src_path
+        elif isinstance(event, FileMovedEvent) and event.dest_path:
+            target = event.dest_path
+        else:
+            return
+        try:
+            self._offer(Path(os.fsdecode(target)))
+        except Exception:  # an exception here would end the observer thread
+            log.exception("drop watcher: event for %s not handled", os.fsdecode(target))
+
+
+class DropWatcher:
+    """Watches the folders matching ``patterns`` and offers bundle files to ``on_bundle``.
+
+    ``start()`` starts the inotify observer and polls once; ``poll()`` checks the mount table
+    and the patterns once (deterministic, no sleeping); ``run(stop_event)`` is the daemon
+    loop; ``stop()`` stops and joins the observer and may be called any number of times.
+    """
+
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        on_bundle: BundleCallback,
+        *,
+        mountinfo_path: Path = MOUNTINFO_PATH,
+        poll_interval_s: float = 2.0,
+        suffixes: Sequence[str] = DEFAULT_SUFFIXES,
+    ) -> None:
+        """``poll_interval_s``: how long a mount or a new folder may go unnoticed; 2 s is
+        quick enough for a person waiting at a USB port and costs one small file read."""
+        for pattern in patterns:
+            if not os.path.isabs(pattern):
+                raise ConfigError(f"drop folder pattern {pattern!r}: expected an absolute path")
+        if not suffixes or not all(suffixes):
+            raise ConfigError(f"bundle suffixes {list(suffixes)!r}: expected non-empty suffixes")
+        if poll_interval_s <= 0:
+            raise ConfigError(f"drop folder poll interval {poll_interval_s}: expected > 0 s")
+        self._patterns = tuple(patterns)
+        self._on_bundle = on_bundle
+        self._mountinfo_path = mountinfo_path
+        self.poll_interval_s = poll_interval_s
+        self._suffixes = tuple(suffixes)
+
+        self._observer = InotifyObserver(generate_full_events=True)
+        self._handler = _Events(self._offer_event)
+        self._started = False
+        self._stopped = False
+
+        self._poll_lock = threading.Lock()  # one poll at a time; never held by the observer
+        self._watched: dict[Path, _Watched] = {}
+        self._unwatchable: set[Path] = set()  # folders whose watch failed, to warn once
+        self._mounts: tuple[MountPoint, ...] | None = None  # None: not read yet
+        self._mount_events: select.poll | None = None
+        self._mount_events_fd: int | None = None
+
+        self._offer_lock = threading.Lock()  # serialises on_bundle; guards _done
+        self._done: dict[Path, _FileStamp] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the observer thread, then poll once (scans every folder found)."""
+        if self._started:
+            raise RuntimeError("drop watcher already started")
+        self._started = True
+        self._observer.start()
+        self.poll()
+
+    def stop(self) -> None:
+        """Stop watching and join the observer thread. Idempotent."""
+        with self._poll_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._mount_events_fd is not None:
+                os.close(self._mount_events_fd)
+                self._mount_events_fd = None
+                self._mount_events = None
+        if self._started:
+            self._observer.stop()
+            self._observer.join()
+        self._watched.clear()
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Start if needed, poll every ``poll_interval_s`` until ``stop_event`` is set, stop."""
+        try:
+            if not self._started:
+                self.start()
+            while not stop_event.wait(self.poll_interval_s):
+                self.poll()
+        finally:
+            self.stop()
+
+    @property
+    def watched_folders(self) -> frozenset[Path]:
+        """The folders with a live watch after the last poll."""
+        with self._poll_lock:
+            return frozenset(self._watched)
+
+    # -- polling ----------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Check the mount table and the patterns once; (re)watch and scan what changed."""
+        with self._poll_lock:
+            if self._stopped:
+                return
+            mounts_changed = self._check_mounts()
+            folders = self._expand_patterns()
+            live = {emitter.watch for emitter in self._observer.emitters if emitter.is_alive()}
+
+            for folder, watched in list(self._watched.items()):
+                identity = folders.get(folder)
+                replaced = identity != watched.identity
+                dead = self._started and watched.watch not in live
+                if mounts_changed or replaced or dead:
+                    self._unwatch(folder, quiet=identity is not None)
+
+            to_scan: list[Path] = []
+            for folder, identity in folders.items():
+                if folder not in self._watched and self._watch(folder, identity):
+                    to_scan.append(folder)
+
+        # Scans call on_bundle, so they run outside the poll lock's critical observer calls
+        # but still one poll at a time: _offer_lock orders them against events.
+        for folder in to_scan:
+            self._scan(folder)
+
+    def _check_mounts(self) -> bool:
+        """True when the mount table changed since the last poll (not on the first one)."""
+        signalled = self._mount_table_signalled()
+        try:
+            mounts = parse_mountinfo(os.fsdecode(self._mountinfo_path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            if self._mounts is not None or not signalled:
+                log.warning("mount table %s not read: %s", self._mountinfo_path, exc)
+            return signalled
+        previous, self._mounts = self._mounts, mounts
+        if previous is None:
+            return False
+        changed = changed_mount_points(previous, mounts)
+        if changed:
+            log.debug("mount table changed at %s", ", ".join(sorted(changed)))
+        elif signalled:
+            log.debug("mount table changed and changed back since the last poll")
+        return bool(changed) or signalled
+
+    def _mount_table_signalled(self) -> bool:
+        """True when the kernel flagged a mount-table change on our mountinfo handle.
+
+        A proc mountinfo file reports POLLPRI once per batch of changes since the last
+        ``poll(2)``; a regular file (a test fake) never does.
+        """
+        if self._mount_events is None:
+            try:
+                fd = os.open(self._mountinfo_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+            self._mount_events_fd = fd
+            self._mount_events = select.poll()
+            self._mount_events.register(fd, select.POLLPRI)
+            self._mount_events.poll(0)  # changes before this poll are not news
+            return False
+        return any(
+            flags & (select.POLLPRI | select.POLLERR) for _, flags in self._mount_events.poll(0)
+        )
+
+    def _expand_patterns(self) -> dict[Path, tuple[int, int]]:
+        """Existing folders matching the patterns, resolved, with their (st_dev, st_ino)."""
+        folders: dict[Path, tuple[int, int]] = {}
+        for pattern in self._patterns:
+            for match in sorted(glob.glob(pattern)):
+                try:
+                    folder = Path(match).resolve(strict=True)
+                    info = folder.stat()
+                except (OSError, RuntimeError):
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    folders[folder] = (info.st_dev, info.st_ino)
+        return folders
+
+    def _watch(self, folder: Path, identity: tuple[int, int]) -> bool:
+        try:
+            watch = self._observer.schedule(
+                self._handler, str(folder), event_filter=[FileClosedEvent, FileMovedEvent]
+            )
+        except OSError as exc:
+            if folder not in self._unwatchable:
+                log.warning("drop folder %s not watched: %s", folder, exc)
+                self._unwatchable.add(folder)
+            return False
+        self._unwatchable.discard(folder)
+        if folder not in self._watched:
+            log.info("drop folder %s watched", folder)
+        self._watched[folder] = _Watched(watch, identity)
+        return True
+
+    def _unwatch(self, folder: Path, *, quiet: bool) -> None:
+        watched = self._watched.pop(folder)
+        with contextlib.suppress(KeyError):
+            self._observer.unschedule(watched.watch)
+        if not quiet:
+            log.info("drop folder %s gone", folder)
+
+    # -- offering ---------------------------------------------------------------------------
+
+    def _scan(self, folder: Path) -> None:
+        """Offer every candidate in ``folder`` that is not done and unchanged."""
+        try:
+            with os.scandir(folder) as entries:
+                names = sorted(entry.name for entry in entries)
+        except OSError as exc:
+            log.warning("drop folder %s not scanned: %s", folder, exc)
+            return
+        present = {folder / name for name in names}
+        with self._offer_lock:
+            for path in [path for path in self._done if path.parent == folder]:
+                if path not in present:
+                    del self._done[path]
+        for name in names:
+            if is_candidate_name(name, self._suffixes):
+                self._offer(folder / name, skip_done=True)
+
+    def _offer_event(self, path: Path) -> None:
+        if is_candidate_name(path.name, self._suffixes):
+            self._offer(path, skip_done=False)
+
+    def _offer(self, path: Path, *, skip_done: bool) -> None:
+        with self._offer_lock:
+            try:
+                info = path.lstat()
+            except OSError:
+                return  # gone again (a temp file renamed away, a stick pulled)
+            if not stat.S_ISREG(info.st_mode):
+                return
+            stamp = _FileStamp(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            if skip_done and self._done.get(path) == stamp:
+                return
+            log.debug("offering bundle file %s (%d bytes)", path, info.st_size)
+            try:
+                done = bool(self._on_bundle(path))
+            except Exception:
+                log.exception("bundle file %s: handler failed; it will be offered again", path)
+                done = False
+            if done:
+                self._done[path] = stamp
+            else:
+                self._done.pop(path, None)
