@@ -1,0 +1,154 @@
+"""Shared fixtures: a real key directory, real signed bundle files, a real agent config.
+
+Everything here goes through the same code an operator uses (``mgmt_stub.keys``,
+``mgmt_stub.builder``, ``edge_agent.config``); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.clock import UTC
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.state import StateStore
+from mgmt_stub.builder import build_bundle
+from mgmt_stub.keys import KeyDirectory
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = REPO / "bundles"
+NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+BIN = Path(sys.executable).parent
+
+
+class FakeClock:
+    """An injected clock that tests move by hand, forwards or backwards."""
+
+    def __init__(self, now: dt.datetime = NOW) -> None:
+        self.current = now
+
+    def now(self) -> dt.datetime:
+        return self.current
+
+    def advance(self, **delta: float) -> None:
+        self.current += dt.timedelta(**delta)
+
+
+@dataclass
+class Site:
+    """One agent installation in a temporary folder."""
+
+    root: Path
+    config_path: Path
+    config: AgentConfig
+
+    def open_store(self) -> StateStore:
+        return StateStore.open(self.config.state_dir, snapshot_path=self.config.status_snapshot)
+
+    def run(self, *args: str, user: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the real ``edge-agent`` console script against this site's config."""
+        command = [str(BIN / "edge-agent"), "--config", str(self.config_path), *args]
+        if user is not None:
+            command = ["runuser", "-u", user, "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=check)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> KeyDirectory:
+    directory = KeyDirectory(tmp_path / "keys")
+    directory.init(now=NOW - dt.timedelta(days=1), expires_days=365)
+    return directory
+
+
+@pytest.fixture
+def site(tmp_path: Path, keys: KeyDirectory) -> Site:
+    return make_site(tmp_path / "site", keys)
+
+
+def make_site(folder: Path, keys: KeyDirectory, *, extra: str = "") -> Site:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(keys.path / "roots" / "1.json", folder / "root.json")
+    config_path = folder / "config.yaml"
+    config_path.write_text(
+        "cluster_id: site-1\n"
+        "labels: {region: eu, tier: edge}\n"
+        "paths:\n"
+        f"  state_dir: {folder / 'state'}\n"
+        f"  initial_root: {folder / 'root.json'}\n" + extra,
+        encoding="utf-8",
+    )
+    return Site(folder, config_path, load_config(config_path))
+
+
+BundleMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_bundle(tmp_path: Path, keys: KeyDirectory) -> BundleMaker:
+    """Build a real signed bundle file from an example profile."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def make(
+        revision: int,
+        profile: str = "hello-web",
+        *,
+        target: dict[str, Any] | None = None,
+        now: dt.datetime = NOW,
+        key_dir: KeyDirectory | None = None,
+        profile_dir: Path | None = None,
+        gzip: bool = False,
+        expires_days: int = 30,
+    ) -> Path:
+        output = out_dir / f"{profile}-r{revision}-{len(list(out_dir.iterdir()))}.bundle"
+        build_bundle(
+            profile_dir or PROFILES / profile,
+            keys=key_dir or keys,
+            target=target or {"cluster_id": "site-1"},
+            revision=revision,
+            output=output,
+            now=now,
+            gzip=gzip,
+            expires_days=expires_days,
+        )
+        return output
+
+    return make
+
+
+@pytest.fixture
+def profile_with_artifact(tmp_path: Path) -> Callable[[bytes], Path]:
+    """A copy of hello-web with one artifact of the given content."""
+
+    def make(content: bytes) -> Path:
+        folder = tmp_path / f"profile-{len(content)}-{os.urandom(4).hex()}"
+        shutil.copytree(PROFILES / "hello-web", folder)
+        (folder / "artifacts").mkdir()
+        (folder / "artifacts" / "images.tar").write_bytes(content)
+        spec = (folder / "profile.yaml").read_text(encoding="utf-8")
+        spec += "artifacts:\n  - {path: artifacts/images.tar, kind: image-archive}\n"
+        (folder / "profile.yaml").write_text(spec, encoding="utf-8")
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def store(site: Site, clock: FakeClock) -> Iterator[StateStore]:
+    with site.open_store() as opened:
+        opened.provision(site.config.initial_root.read_bytes(), now=clock.now())
+        yield opened
