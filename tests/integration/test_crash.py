@@ -71,3 +71,30 @@ def test_sigkill_at_random_moments_never_tears_the_store(
         revision = now_in_force
     assert revision >= KILLS, f"only {revision} revisions committed in {KILLS} rounds"
     assert killed_while_committing > 0, "no kill landed after further commits; the test exercised nothing"
+
+
+def test_status_reads_while_another_process_imports(site: Site, keys, profile_with_artifact) -> None:
+    profile_a = profile_with_artifact(os.urandom(50_000))
+    profile_b = Path(__file__).resolve().parents[2] / "bundles" / "baseline"
+    child = Path(__file__).with_name("crash_child.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    seen: list[int] = []
+    with subprocess.Popen(
+        [sys.executable, str(child), str(site.config_path), str(keys.path), str(profile_a), str(profile_b)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    ) as writer:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().decode().startswith("committed")
+        try:
+            for _ in range(15):
+                result = site.run("status", "--json")
+                assert result.returncode == 0, result.stderr
+                import json
+
+                doc = json.loads(result.stdout)
+                assert doc["read_from"].startswith("state store")
+                seen.append(doc["policy"]["revision"])
+        finally:
+            writer.kill()
+    assert seen == sorted(seen), "status went backwards"
+    assert seen[-1] > seen[0], "the writer made no progress while status was read"

@@ -230,3 +230,31 @@ def test_full_disk_fails_cleanly_and_keeps_the_policy(
         assert list((store.state_dir / "staging").iterdir()) == []
     with site.open_store() as reopened:
         assert reopened.current_policy()["revision"] == 1
+
+
+def test_full_disk_during_the_sqlite_commit_keeps_the_policy(tiny_disk: Path, keys, make_bundle, clock, tmp_path) -> None:
+    from tests.conftest import make_site
+
+    site = make_site(tiny_disk / "site", keys)
+    profile = tmp_path / "wide"
+    (profile / "layers" / "app").mkdir(parents=True)
+    (profile / "profile.yaml").write_text("name: wide\nlayers: [{name: app, path: layers/app}]\n")
+    noise = os.urandom(600_000).hex()  # incompressible, so the policy row is ~1.2 MB
+    (profile / "layers" / "app" / "cm.yaml").write_text(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: wide}}\ndata: {{blob: {noise}}}\n"
+    )
+    with site.open_store() as store:
+        store.provision(site.config.initial_root.read_bytes(), now=clock.now())
+        import_file(make_bundle(1), store=store, config=site.config, clock=clock)
+        before = (store.current_policy(), store.trust(), store.imports())
+        filler = tiny_disk / "filler"
+        free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+        filler.write_bytes(b"\0" * max(free - 600_000, 0))  # leave less than the new row needs
+        with pytest.raises(StateError) as caught:
+            import_file(make_bundle(2, profile_dir=profile), store=store, config=site.config, clock=clock)
+        assert "full" in str(caught.value) and "\n" not in str(caught.value)
+        assert (store.current_policy(), store.trust()) == before[:2]
+        filler.unlink()
+    with site.open_store() as reopened:
+        assert reopened.current_policy()["revision"] == 1
+        assert reopened.trust().revision == 1
