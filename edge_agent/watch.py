@@ -11,8 +11,9 @@ a folder. inotify cannot see everything, so the watcher also polls:
   a folder whose filesystem is unmounted and mounted again dies silently (the observer
   still reports alive). ``poll()`` therefore detects mount-table changes by reading
   ``/proc/self/mountinfo`` and by ``poll(2)``-ing it for ``POLLPRI``. The second is needed:
-  a stick pulled and pushed in again between two polls gets the same mount id and device
-  number, so the table text can be byte-for-byte the same. On any change every folder is
+  a stick pulled and pushed in again between two polls can get the same mount id and
+  device number (the kernel reuses the lowest free ones), so the table text can read
+  byte-for-byte the same. On any change every folder is
   watched afresh (unschedule, schedule) and then scanned once.
 - folders appear and disappear without mounts, and a watch dies when its folder is deleted.
   ``poll()`` expands the patterns again and re-watches (then scans) any folder that is new,
@@ -30,10 +31,14 @@ Invariants:
   (the thread calling ``poll()``) take the same lock. It returns True when the file is done
   with, whatever the outcome, and False when it is worth offering again (a copy still in
   progress). An exception from it is logged and counts as False.
-- A file the callback called done is not offered again by a scan while its device, inode,
-  size and mtime are unchanged. Every inotify event is offered: it is a sign of change.
+- A file the callback called done is not offered again while its device, inode, size and
+  mtime are unchanged (so rescans do not make the callback hash big files again). The
+  stamp is taken before the call, so a file that changed during the call is offered again.
 - A half-copied file may be offered (a rename or close before the copy ends); it is offered
-  again on its next close-after-write event or after the next mount change.
+  again on its next close-after-write event, or by the scan after the next mount change.
+- Events used: close-after-write and rename (the destination). A plain create is not used:
+  a copy always ends with a close-after-write, and with watchdog's full events every rename
+  is a move event. So a hard link made into a folder is seen only by the next scan.
 """
 
 from __future__ import annotations
@@ -121,7 +126,9 @@ def parse_mountinfo(text: str) -> tuple[MountPoint, ...]:
     return tuple(mounts)
 
 
-def changed_mount_points(before: Iterable[MountPoint], after: Iterable[MountPoint]) -> frozenset[str]:
+def changed_mount_points(
+    before: Iterable[MountPoint], after: Iterable[MountPoint]
+) -> frozenset[str]:
     """Mount points where something was mounted, unmounted or replaced; empty if none."""
     return frozenset(mount.mount_point for mount in set(before) ^ set(after))
 
@@ -205,15 +212,15 @@ class DropWatcher:
         self.poll_interval_s = poll_interval_s
         self._suffixes = tuple(suffixes)
 
-        self._observer = InotifyObserver(generate_full_events=True)
-        self._handler = _Events(self._offer_event)
-        self._started = False
+        self._handler = _Events(self._offer)
+        self._observer: InotifyObserver | None = None  # created by start()
         self._stopped = False
 
         self._poll_lock = threading.Lock()  # one poll at a time; never held by the observer
         self._watched: dict[Path, _Watched] = {}
         self._unwatchable: set[Path] = set()  # folders whose watch failed, to warn once
         self._mounts: tuple[MountPoint, ...] | None = None  # None: not read yet
+        self._mountinfo_unreadable = False
         self._mount_events: select.poll | None = None
         self._mount_events_fd: int | None = None
 
@@ -223,32 +230,37 @@ class DropWatcher:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the observer thread, then poll once (scans every folder found)."""
-        if self._started:
-            raise RuntimeError("drop watcher already started")
-        self._started = True
-        self._observer.start()
+        """Start the observer thread, then poll once (which scans every folder found)."""
+        with self._poll_lock:
+            if self._observer is not None or self._stopped:
+                raise RuntimeError("a drop watcher can be started only once")
+            self._observer = InotifyObserver(generate_full_events=True)
+            self._observer.start()
         self.poll()
 
     def stop(self) -> None:
-        """Stop watching and join the observer thread. Idempotent."""
+        """Stop watching and join the observer thread. Idempotent; no callback starts after.
+
+        A callback already running on the observer thread is waited for.
+        """
         with self._poll_lock:
             if self._stopped:
                 return
             self._stopped = True
+            self._watched.clear()
             if self._mount_events_fd is not None:
                 os.close(self._mount_events_fd)
                 self._mount_events_fd = None
                 self._mount_events = None
-        if self._started:
-            self._observer.stop()
-            self._observer.join()
-        self._watched.clear()
+            observer = self._observer
+        if observer is not None:
+            observer.stop()
+            observer.join()
 
     def run(self, stop_event: threading.Event) -> None:
         """Start if needed, poll every ``poll_interval_s`` until ``stop_event`` is set, stop."""
         try:
-            if not self._started:
+            if self._observer is None:
                 self.start()
             while not stop_event.wait(self.poll_interval_s):
                 self.poll()
@@ -257,47 +269,61 @@ class DropWatcher:
 
     @property
     def watched_folders(self) -> frozenset[Path]:
-        """The folders with a live watch after the last poll."""
+        """The folders being watched, as of the last poll (resolved paths)."""
         with self._poll_lock:
             return frozenset(self._watched)
 
     # -- polling ----------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Check the mount table and the patterns once; (re)watch and scan what changed."""
+        """Check the mount table and the patterns once; (re)watch and scan what changed.
+
+        Watches are scheduled before the scan, so a file arriving during the scan is seen by
+        one or the other (or both: the done record makes the second offer a no-op). A scan
+        waits while the callback handles an event on the observer thread.
+        """
         with self._poll_lock:
             if self._stopped:
                 return
+            if self._observer is None:
+                raise RuntimeError("drop watcher polled before start()")
+            observer = self._observer
             mounts_changed = self._check_mounts()
             folders = self._expand_patterns()
-            live = {emitter.watch for emitter in self._observer.emitters if emitter.is_alive()}
-
-            for folder, watched in list(self._watched.items()):
-                identity = folders.get(folder)
-                replaced = identity != watched.identity
-                dead = self._started and watched.watch not in live
-                if mounts_changed or replaced or dead:
-                    self._unwatch(folder, quiet=identity is not None)
+            live = {emitter.watch for emitter in observer.emitters if emitter.is_alive()}
 
             to_scan: list[Path] = []
+            for folder, watched in list(self._watched.items()):
+                identity = folders.get(folder)
+                if identity is None:
+                    self._unwatch(observer, folder)
+                    log.info("drop folder %s gone", folder)
+                elif mounts_changed or identity != watched.identity or watched.watch not in live:
+                    self._unwatch(observer, folder)
+                    if self._watch(observer, folder, identity):
+                        log.debug("drop folder %s watched afresh", folder)
+                        to_scan.append(folder)
             for folder, identity in folders.items():
-                if folder not in self._watched and self._watch(folder, identity):
+                if folder not in self._watched and self._watch(observer, folder, identity):
+                    log.info("drop folder %s watched", folder)
                     to_scan.append(folder)
 
-        # Scans call on_bundle, so they run outside the poll lock's critical observer calls
-        # but still one poll at a time: _offer_lock orders them against events.
+        # Outside the poll lock, so that stop() need not wait for a whole scan; on_bundle is
+        # still serialised with events by the offer lock.
         for folder in to_scan:
             self._scan(folder)
 
     def _check_mounts(self) -> bool:
-        """True when the mount table changed since the last poll (not on the first one)."""
+        """True when the mount table changed since the last poll (never on the first one)."""
         signalled = self._mount_table_signalled()
         try:
             mounts = parse_mountinfo(os.fsdecode(self._mountinfo_path.read_bytes()))
         except (OSError, ValueError) as exc:
-            if self._mounts is not None or not signalled:
+            if not self._mountinfo_unreadable:
                 log.warning("mount table %s not read: %s", self._mountinfo_path, exc)
+                self._mountinfo_unreadable = True
             return signalled
+        self._mountinfo_unreadable = False
         previous, self._mounts = self._mounts, mounts
         if previous is None:
             return False
@@ -305,14 +331,14 @@ class DropWatcher:
         if changed:
             log.debug("mount table changed at %s", ", ".join(sorted(changed)))
         elif signalled:
-            log.debug("mount table changed and changed back since the last poll")
+            log.debug("mount table changed (and maybe back) since the last poll")
         return bool(changed) or signalled
 
     def _mount_table_signalled(self) -> bool:
         """True when the kernel flagged a mount-table change on our mountinfo handle.
 
-        A proc mountinfo file reports POLLPRI once per batch of changes since the last
-        ``poll(2)``; a regular file (a test fake) never does.
+        An open proc mountinfo file reports POLLPRI once for all changes since the previous
+        ``poll(2)`` on it; a regular file (a test fake) never does.
         """
         if self._mount_events is None:
             try:
@@ -322,7 +348,7 @@ class DropWatcher:
             self._mount_events_fd = fd
             self._mount_events = select.poll()
             self._mount_events.register(fd, select.POLLPRI)
-            self._mount_events.poll(0)  # changes before this poll are not news
+            self._mount_events.poll(0)  # changes before the first poll are not news
             return False
         return any(
             flags & (select.POLLPRI | select.POLLERR) for _, flags in self._mount_events.poll(0)
@@ -336,39 +362,35 @@ class DropWatcher:
                 try:
                     folder = Path(match).resolve(strict=True)
                     info = folder.stat()
-                except (OSError, RuntimeError):
+                except (OSError, RuntimeError):  # gone meanwhile, or a symlink loop
                     continue
                 if stat.S_ISDIR(info.st_mode):
                     folders[folder] = (info.st_dev, info.st_ino)
         return folders
 
-    def _watch(self, folder: Path, identity: tuple[int, int]) -> bool:
+    def _watch(self, observer: InotifyObserver, folder: Path, identity: tuple[int, int]) -> bool:
         try:
-            watch = self._observer.schedule(
+            watch = observer.schedule(
                 self._handler, str(folder), event_filter=[FileClosedEvent, FileMovedEvent]
             )
-        except OSError as exc:
+        except OSError as exc:  # gone meanwhile, no permission, inotify watch limit
             if folder not in self._unwatchable:
                 log.warning("drop folder %s not watched: %s", folder, exc)
                 self._unwatchable.add(folder)
             return False
         self._unwatchable.discard(folder)
-        if folder not in self._watched:
-            log.info("drop folder %s watched", folder)
         self._watched[folder] = _Watched(watch, identity)
         return True
 
-    def _unwatch(self, folder: Path, *, quiet: bool) -> None:
+    def _unwatch(self, observer: InotifyObserver, folder: Path) -> None:
         watched = self._watched.pop(folder)
         with contextlib.suppress(KeyError):
-            self._observer.unschedule(watched.watch)
-        if not quiet:
-            log.info("drop folder %s gone", folder)
+            observer.unschedule(watched.watch)
 
     # -- offering ---------------------------------------------------------------------------
 
     def _scan(self, folder: Path) -> None:
-        """Offer every candidate in ``folder`` that is not done and unchanged."""
+        """Offer every candidate file in ``folder``; forget files that are no longer there."""
         try:
             with os.scandir(folder) as entries:
                 names = sorted(entry.name for entry in entries)
@@ -381,15 +403,15 @@ class DropWatcher:
                 if path not in present:
                     del self._done[path]
         for name in names:
-            if is_candidate_name(name, self._suffixes):
-                self._offer(folder / name, skip_done=True)
+            self._offer(folder / name)
 
-    def _offer_event(self, path: Path) -> None:
-        if is_candidate_name(path.name, self._suffixes):
-            self._offer(path, skip_done=False)
-
-    def _offer(self, path: Path, *, skip_done: bool) -> None:
+    def _offer(self, path: Path) -> None:
+        """Call on_bundle for ``path`` if it is a candidate and not done and unchanged."""
+        if not is_candidate_name(path.name, self._suffixes):
+            return
         with self._offer_lock:
+            if self._stopped:
+                return
             try:
                 info = path.lstat()
             except OSError:
@@ -397,7 +419,7 @@ class DropWatcher:
             if not stat.S_ISREG(info.st_mode):
                 return
             stamp = _FileStamp(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-            if skip_done and self._done.get(path) == stamp:
+            if self._done.get(path) == stamp:
                 return
             log.debug("offering bundle file %s (%d bytes)", path, info.st_size)
             try:
