@@ -81,31 +81,49 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgmt-stub", description="Management side of edge-agent.")
     areas = parser.add_subparsers(dest="area", required=True)
 
-    keys = areas.add_parser("keys", help="signing keys and trust roots").add_subparsers(dest="action", required=True)
+    keys = areas.add_parser("keys", help="signing keys and trust roots").add_subparsers(
+        dest="action", required=True
+    )
     init = keys.add_parser("init", help="create root and policy keys and root version 1")
     init.add_argument("--root-keys", type=int, default=1)
     init.add_argument("--root-threshold", type=int, default=1)
     init.add_argument("--policy-keys", type=int, default=1)
     init.add_argument("--policy-threshold", type=int, default=1)
-    rotate = keys.add_parser("rotate", help="write the next root version (renew, add or revoke keys)")
-    rotate.add_argument("--revoke", action="append", default=[], metavar="KEYID", help="key id (or unique prefix) to remove")
-    rotate.add_argument("--new-policy-key", action="store_true", help="add a fresh policy-signing key")
+    rotate = keys.add_parser(
+        "rotate", help="write the next root version (renew, add or revoke keys)"
+    )
+    rotate.add_argument(
+        "--revoke",
+        action="append",
+        default=[],
+        metavar="KEYID",
+        help="key id (or unique prefix) to remove",
+    )
+    rotate.add_argument(
+        "--new-policy-key", action="store_true", help="add a fresh policy-signing key"
+    )
     rotate.add_argument("--new-root-key", action="store_true", help="add a fresh root key")
     show = keys.add_parser("show", help="print the current root: version, expiry, key ids")
     show.add_argument("--json", action="store_true")
     for sub in (init, rotate, show):
         sub.add_argument("--keys", required=True, metavar="DIR", help="key directory")
     for sub in (init, rotate):
-        sub.add_argument("--expires-days", type=int, default=365, help="root validity (default %(default)s)")
+        sub.add_argument(
+            "--expires-days", type=int, default=365, help="root validity (default %(default)s)"
+        )
 
-    bundle = areas.add_parser("bundle", help="offline bundles").add_subparsers(dest="action", required=True)
+    bundle = areas.add_parser("bundle", help="offline bundles").add_subparsers(
+        dest="action", required=True
+    )
     build = bundle.add_parser("build", help="build and sign a bundle from a profile folder")
     build.add_argument("--profile", required=True, metavar="DIR")
     build.add_argument("--target", required=True, help="cluster id, or label selector k=v[,k=v]")
     build.add_argument("--revision", required=True, type=int)
     build.add_argument("--keys", required=True, metavar="DIR")
     build.add_argument("-o", "--output", required=True, metavar="FILE")
-    build.add_argument("--expires-days", type=int, default=30, help="bundle validity (default %(default)s)")
+    build.add_argument(
+        "--expires-days", type=int, default=30, help="bundle validity (default %(default)s)"
+    )
     build.add_argument("--gzip", action="store_true", help="gzip the archive")
     return parser
 
