@@ -24,7 +24,7 @@ from edge_agent.bundle.trust import TrustState, load_initial_root
 from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import DEFAULT_PATH, AgentConfig, load_config
-from edge_agent.errors import BundleError, ConfigError, StateError, StateWriteError
+from edge_agent.errors import BundleError, ConfigError, StateError
 from edge_agent.importer import file_sha256, import_file, verify_file
 from edge_agent.state import StateStore
 from edge_agent.status import Verdict, render, report
@@ -109,10 +109,11 @@ def _initial_root(config: AgentConfig) -> bytes:
 
 
 def _verify(config: AgentConfig, path: Path, clock: Clock, *, as_json: bool) -> int:
+    trust = None
     if (config.state_dir / "store").is_dir():
-        with _open_store(config, clock) as store:
-            trust = store.trust()
-    else:  # not yet provisioned: verify against the provisioned root, creating nothing
+        with StateStore.open(config.state_dir, snapshot_path=None) as store:
+            trust = store.trust() if store.is_provisioned() else None
+    if trust is None:  # not yet provisioned: verify against the provisioned root, creating nothing
         trust = TrustState(
             load_initial_root(_initial_root(config), max_bytes=config.limits.max_metadata_bytes),
             frozenset(),
@@ -138,17 +139,24 @@ def _import(config: AgentConfig, path: Path, clock: Clock, *, as_json: bool) -> 
 
 
 def _status(config: AgentConfig, *, as_json: bool) -> int:
-    try:
+    store_dir = config.state_dir / "store"
+    if not store_dir.exists() and not config.status_snapshot.exists():
+        view: dict[str, Any] = {
+            "policy": None,
+            "previous_policy": None,
+            "trust": None,
+            "imports": [],
+        }
+        source = f"nothing yet at {config.state_dir}"
+    elif os.access(store_dir, os.W_OK):
         with StateStore.open(config.state_dir, snapshot_path=None) as store:
-            view, source = store.view(), f"state store {config.state_dir / 'store'}"
-    except StateWriteError:
-        # Another user (no write access to the private store): read the snapshot instead.
+            view, source = store.view(), f"state store {store_dir}"
+    else:
+        # Another user (no access to the private store): read the world-readable snapshot.
         try:
             view = json.loads(config.status_snapshot.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise StateError(
-                f"cannot read the store or the snapshot {config.status_snapshot}: {exc}"
-            ) from None
+            raise StateError(f"cannot read the snapshot {config.status_snapshot}: {exc}") from None
         source = f"snapshot {config.status_snapshot}"
     doc = report(view, cluster_id=config.cluster_id, labels=config.labels, source=source)
     print(json.dumps(doc, indent=2, sort_keys=True) if as_json else render(doc))

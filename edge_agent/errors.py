@@ -17,11 +17,26 @@ from __future__ import annotations
 
 import enum
 
+MAX_MESSAGE_CHARS = 280
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Make a message safe for a log line: control characters escaped, length bounded.
+
+    Messages quote names from untrusted input (member names, key ids, YAML kinds); a
+    newline in one must not forge a second log line, and a long one must not flood it.
+    """
+    safe = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return safe if len(safe) <= limit else safe[: limit - 1] + "…"
+
 
 class EdgeAgentError(Exception):
-    """Root of every error edge-agent raises on purpose."""
+    """Root of every error edge-agent raises on purpose. Its message is always one line."""
 
     transient: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 class ConfigError(EdgeAgentError):
@@ -69,7 +84,7 @@ class BundleError(EdgeAgentError):
     def __init__(self, code: BundleErrorCode, message: str) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
-        self.detail = message
+        self.detail = one_line(message)
 
     @property
     def retryable(self) -> bool:

@@ -144,7 +144,7 @@ def _target(text: str) -> dict[str, Any]:
 
 def _show(keys: KeyDirectory, *, as_json: bool) -> None:
     root, _ = keys.current_root()
-    doc = {
+    doc: dict[str, Any] = {
         "key_directory": str(keys.path),
         "root_version": root.version,
         "expires_at": format_time(root.expires_at),

@@ -147,7 +147,7 @@ def verify_envelope(
         if signature.keyid in seen:
             raise BundleError(
                 Code.DUPLICATE_SIGNATURE,
-                f"{what}: key {signature.keyid[:16]} signed more than once",
+                f"{what}: key {signature.keyid[:16]!r} signed more than once",
             )
         seen.add(signature.keyid)
 
@@ -174,16 +174,16 @@ def verify_envelope(
     if invalid_seen:
         raise BundleError(
             Code.SIGNATURE_INVALID,
-            f"{what}: signature by key {invalid_seen[0][:16]} does not verify ({tally})",
+            f"{what}: signature by key {invalid_seen[0][:16]!r} does not verify ({tally})",
         )
     if revoked_seen:
         raise BundleError(
-            Code.KEY_REVOKED, f"{what}: signed by revoked key {revoked_seen[0][:16]} ({tally})"
+            Code.KEY_REVOKED, f"{what}: signed by revoked key {revoked_seen[0][:16]!r} ({tally})"
         )
     if unknown_seen:
         raise BundleError(
             Code.KEY_UNKNOWN,
-            f"{what}: signed by key {unknown_seen[0][:16]} not trusted for this role ({tally})",
+            f"{what}: signed by key {unknown_seen[0][:16]!r} not trusted for this role ({tally})",
         )
     raise BundleError(Code.THRESHOLD_NOT_MET, f"{what}: {tally}")
 

@@ -143,9 +143,11 @@ def load_manifests(data: bytes, *, path: str, limits: YamlLimits) -> tuple[dict[
         raise BundleError(
             Code.YAML_INVALID, f"manifest {path!r} is not valid UTF-8 at byte {exc.start}"
         ) from None
-    loader = _StrictLoader(text, limits)
     documents: list[dict[str, Any]] = []
+    loader: _StrictLoader | None = None
     try:
+        # The reader already refuses control characters, so it is built inside the try.
+        loader = _StrictLoader(text, limits)
         count = 0
         while loader.check_node():
             node = loader.get_node()
@@ -165,14 +167,21 @@ def load_manifests(data: bytes, *, path: str, limits: YamlLimits) -> tuple[dict[
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
+        problem = (
+            getattr(exc, "problem", None) or getattr(exc, "reason", None) or type(exc).__name__
+        )
         raise BundleError(
             Code.YAML_INVALID, f"manifest {path!r} is not valid YAML{line}: {problem}"
         ) from None
     except RecursionError:
         raise BundleError(Code.YAML_INVALID, f"manifest {path!r} nests too deep") from None
+    except ValueError as exc:  # e.g. an integer longer than sys.int_max_str_digits
+        raise BundleError(
+            Code.YAML_INVALID, f"manifest {path!r} holds a value that cannot be represented: {exc}"
+        ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return tuple(documents)
 
 
@@ -188,5 +197,5 @@ def _check_object(value: Any) -> dict[str, Any]:
         or not isinstance(metadata.get("name"), str)
         or not metadata["name"]
     ):
-        raise _Refusal(f"a {value['kind'][:40]} object has no string metadata.name")
+        raise _Refusal(f"a {value['kind'][:40]!r} object has no string metadata.name")
     return value

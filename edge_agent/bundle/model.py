@@ -163,15 +163,17 @@ def parse_root(payload: bytes, *, max_bytes: int) -> Root:
             or set(key) != {"keytype", "public"}
             or key["keytype"] != "ed25519"
         ):
-            raise BundleError(Code.ROOT_INVALID, f"root key {keyid[:16]} is not an ed25519 key")
+            raise BundleError(Code.ROOT_INVALID, f"root key {keyid[:16]!r} is not an ed25519 key")
         public = key["public"]
         if not isinstance(public, str) or not re.fullmatch(r"[0-9a-f]{64}", public):
             raise BundleError(
-                Code.ROOT_INVALID, f"root key {keyid[:16]} public value is not 64 hex digits"
+                Code.ROOT_INVALID, f"root key {keyid[:16]!r} public value is not 64 hex digits"
             )
         raw = bytes.fromhex(public)
         if keyid_for(raw) != keyid:
-            raise BundleError(Code.ROOT_INVALID, f"root key id {keyid[:16]} does not match its key")
+            raise BundleError(
+                Code.ROOT_INVALID, f"root key id {keyid[:16]!r} does not match its key"
+            )
         keys[keyid] = raw
     roles_doc = doc["roles"]
     if not isinstance(roles_doc, dict) or set(roles_doc) != {"root", "policy"}:
@@ -267,7 +269,7 @@ def parse_metadata(payload: bytes, *, max_bytes: int) -> BundleMetadata:
     for artifact in artifacts_doc:
         if not isinstance(artifact, dict) or set(artifact) != {"path", "kind"}:
             raise BundleError(code, "each artifact must have exactly path and kind")
-        if artifact["kind"] not in ARTIFACT_KINDS:
+        if not isinstance(artifact["kind"], str) or artifact["kind"] not in ARTIFACT_KINDS:
             raise BundleError(code, f"artifact kind must be one of {sorted(ARTIFACT_KINDS)}")
         artifacts.append(ArtifactSpec(claim(artifact["path"], "artifact"), artifact["kind"]))
 
@@ -312,7 +314,7 @@ def _format_version(doc: Mapping[str, Any], what: str) -> None:
     if version != FORMAT_VERSION or isinstance(version, bool):
         raise BundleError(
             Code.UNSUPPORTED_FORMAT,
-            f"{what}: format_version {str(version)[:20]} is not supported (this agent reads {FORMAT_VERSION})",
+            f"{what}: format_version {str(version)[:20]!r} is not supported (this agent reads {FORMAT_VERSION})",
         )
 
 
@@ -352,14 +354,19 @@ def _role(doc: Any, name: str, keys: Mapping[str, bytes]) -> Role:
             Code.ROOT_INVALID, f"root role {name!r} must have exactly keyids and threshold"
         )
     keyids = doc["keyids"]
-    if not isinstance(keyids, list) or not keyids or len(set(keyids)) != len(keyids):
+    if (
+        not isinstance(keyids, list)
+        or not keyids
+        or not all(isinstance(k, str) for k in keyids)
+        or len(set(keyids)) != len(keyids)
+    ):
         raise BundleError(
             Code.ROOT_INVALID, f"root role {name!r} keyids must be a non-empty list without repeats"
         )
     for keyid in keyids:
         if keyid not in keys:
             raise BundleError(
-                Code.ROOT_INVALID, f"root role {name!r} names key {str(keyid)[:16]} not in keys"
+                Code.ROOT_INVALID, f"root role {name!r} names key {str(keyid)[:16]!r} not in keys"
             )
     threshold = _int(
         doc["threshold"], f"root role {name!r} threshold", 1, len(keyids), Code.ROOT_INVALID

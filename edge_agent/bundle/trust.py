@@ -15,9 +15,16 @@ Pure: bytes and values in, values out; no I/O, no clock.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from edge_agent.bundle.envelope import ROOT_PAYLOAD_TYPE, parse_envelope, verify_envelope
+from edge_agent.bundle.envelope import (
+    ROOT_PAYLOAD_TYPE,
+    Envelope,
+    Role,
+    parse_envelope,
+    verify_envelope,
+)
 from edge_agent.bundle.model import Root, parse_root
 from edge_agent.clock import UTC
 from edge_agent.errors import BundleError
@@ -79,10 +86,9 @@ def advance_root(
     what = f"root version {claimed_version}"
     envelope = parse_envelope(envelope_bytes, what=what, max_bytes=max_bytes)
     # Signatures by the current root's keys are checked before the new payload is parsed.
-    verify_envelope(
+    _chain_signatures(
         envelope,
         what=f"{what} (signatures by version {current.version} root keys)",
-        expected_type=ROOT_PAYLOAD_TYPE,
         keys=current.keys,
         role=current.root_role,
         revoked=state.revoked_keyids,
@@ -93,12 +99,12 @@ def advance_root(
             Code.ROOT_CHAIN_BROKEN,
             f"{what}: member is named version {claimed_version} but holds version {new.version}",
         )
-    verify_envelope(
+    _chain_signatures(
         envelope,
         what=f"{what} (signatures by its own root keys)",
-        expected_type=ROOT_PAYLOAD_TYPE,
         keys=new.keys,
         role=new.root_role,
+        revoked=frozenset(),
     )
     revoked = (state.revoked_keyids | frozenset(current.keys)) - frozenset(new.keys)
     return replace(state, root=TrustedRoot(new, envelope_bytes), revoked_keyids=revoked)
@@ -115,3 +121,27 @@ def effective_time(now: dt.datetime, state: TrustState) -> dt.datetime:
 def clock_is_plausible(now: dt.datetime) -> bool:
     """A clock before the floor has not been set (RTC-less boards boot at 1970)."""
     return now >= TIME_FLOOR
+
+
+def _chain_signatures(
+    envelope: Envelope,
+    *,
+    what: str,
+    keys: Mapping[str, bytes],
+    role: Role,
+    revoked: frozenset[str],
+) -> None:
+    """A root update whose signatures fail the rotation rule breaks the chain of trust."""
+    try:
+        verify_envelope(
+            envelope,
+            what=what,
+            expected_type=ROOT_PAYLOAD_TYPE,
+            keys=keys,
+            role=role,
+            revoked=revoked,
+        )
+    except BundleError as exc:
+        if exc.code is Code.WRONG_TYPE:
+            raise
+        raise BundleError(Code.ROOT_CHAIN_BROKEN, f"{exc.detail} [{exc.code.value}]") from None

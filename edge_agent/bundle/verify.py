@@ -254,10 +254,9 @@ def _check_metadata(
                 Code.REVISION_CONFLICT,
                 f"revision {metadata.revision} is already in force with different content",
             )
+    manifest_paths = {p for layer in metadata.layers for p in layer.manifests}
     for path, entry in metadata.files.items():
-        limit = (
-            limits.max_manifest_bytes if path.endswith((".yaml", ".yml")) else limits.max_file_bytes
-        )
+        limit = limits.max_manifest_bytes if path in manifest_paths else limits.max_file_bytes
         if entry.length > limit:
             raise BundleError(
                 Code.TOO_LARGE, f"file {path!r} is {entry.length} bytes, limit is {limit}"

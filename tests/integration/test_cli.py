@@ -14,7 +14,9 @@ from tests.conftest import BIN, PROFILES, REPO, Site, make_site
 
 
 def mgmt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "mgmt-stub"), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(BIN / "mgmt-stub"), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_status_before_anything_is_not_initialised(site: Site) -> None:
@@ -22,6 +24,16 @@ def test_status_before_anything_is_not_initialised(site: Site) -> None:
     assert result.returncode == 3, result
     doc = json.loads(result.stdout)
     assert doc["verdict"] == "not-initialised" and doc["policy"] is None
+    assert not site.config.state_dir.exists(), "status created state"
+
+
+def test_verify_after_an_unprovisioned_store_exists_does_not_provision_it(site: Site, make_bundle) -> None:
+    from edge_agent.state import StateStore
+
+    StateStore.open(site.config.state_dir).close()  # e.g. left by an aborted first start
+    assert site.run("verify", str(make_bundle(1))).returncode == 0
+    with StateStore.open(site.config.state_dir) as store:
+        assert not store.is_provisioned()
 
 
 def test_verify_has_no_side_effects(site: Site, make_bundle) -> None:
@@ -44,7 +56,10 @@ def test_import_then_status_shows_the_policy(site: Site, make_bundle) -> None:
     policy = doc["policy"]
     assert policy["revision"] == 3 and policy["source"]["kind"] == "bundle"
     assert policy["source"]["location"] == str(bundle)
-    assert [(layer["name"], layer["objects"]) for layer in policy["layers"]] == [("base", 1), ("app", 3)]
+    assert [(layer["name"], layer["objects"]) for layer in policy["layers"]] == [
+        ("base", 1),
+        ("app", 3),
+    ]
     assert doc["trust"]["root_version"] == 1 and doc["trust"]["time_high_water"]
     assert doc["imports"][-1]["result"] == "committed"
     human = site.run("status")
@@ -72,11 +87,20 @@ def test_missing_file_is_a_clear_rejection(site: Site) -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ("cluster_id: Site_1\npaths: {initial_root: r.json}\n", "cluster_id must be a lowercase DNS-style name"),
+        (
+            "cluster_id: Site_1\npaths: {initial_root: r.json}\n",
+            "cluster_id must be a lowercase DNS-style name",
+        ),
         ("cluster_id: s\npaths: {initial_root: r.json}\nlimts: {}\n", "unknown key 'limts'"),
         ("cluster_id: s\n", "paths.initial_root is required"),
-        ("cluster_id: s\npaths: {initial_root: r.json}\nlimits: {max_bundle_bytes: -1}\n", "limits.max_bundle_bytes must be a positive integer"),
-        ("cluster_id: s\npaths: {initial_root: r.json}\nlabels: {'bad key!': x}\n", "is not a valid Kubernetes label"),
+        (
+            "cluster_id: s\npaths: {initial_root: r.json}\nlimits: {max_bundle_bytes: -1}\n",
+            "limits.max_bundle_bytes must be a positive integer",
+        ),
+        (
+            "cluster_id: s\npaths: {initial_root: r.json}\nlabels: {'bad key!': x}\n",
+            "is not a valid Kubernetes label",
+        ),
         ("cluster_id: [unclosed\n", "not valid YAML at line"),
         ("- just\n- a list\n", "expected a mapping at the top level"),
     ],
@@ -85,7 +109,10 @@ def test_broken_config_is_one_line_exit_2(tmp_path: Path, config: str, message: 
     path = tmp_path / "config.yaml"
     path.write_text(config)
     result = subprocess.run(
-        [str(BIN / "edge-agent"), "--config", str(path), "status"], capture_output=True, text=True, timeout=60
+        [str(BIN / "edge-agent"), "--config", str(path), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2, result
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
@@ -94,7 +121,9 @@ def test_broken_config_is_one_line_exit_2(tmp_path: Path, config: str, message: 
 def test_missing_config_file(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "edge-agent"), "--config", str(tmp_path / "nope.yaml"), "status"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "file not found" in result.stderr
 
@@ -144,7 +173,10 @@ def test_status_by_another_user_reads_the_snapshot(keys, make_bundle) -> None:
     if command is None:
         pytest.skip("no Python interpreter this package can run under is executable by 'nobody'")
     result = subprocess.run(
-        [*command, "--config", str(site.config_path), "status", "--json"], capture_output=True, text=True, timeout=60
+        [*command, "--config", str(site.config_path), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -152,15 +184,20 @@ def test_status_by_another_user_reads_the_snapshot(keys, make_bundle) -> None:
     assert doc["read_from"].startswith("snapshot")
     # ...and nobody cannot read the private store itself.
     peek = subprocess.run(
-        ["runuser", "-u", "nobody", "--", "ls", str(site.config.state_dir / "store")], capture_output=True
+        ["runuser", "-u", "nobody", "--", "ls", str(site.config.state_dir / "store")],
+        capture_output=True,
     )
     assert peek.returncode != 0
     shutil.rmtree(public)
 
 
-def test_three_rotations_carried_offline_and_a_revoked_key_rejected(site: Site, keys, make_bundle) -> None:
+def test_three_rotations_carried_offline_and_a_revoked_key_rejected(
+    site: Site, keys, make_bundle
+) -> None:
     assert site.run("import", str(make_bundle(1))).returncode == 0
-    compromised = json.loads(mgmt("keys", "show", "--keys", str(keys.path), "--json").stdout)["policy_keys"][0]
+    compromised = json.loads(mgmt("keys", "show", "--keys", str(keys.path), "--json").stdout)[
+        "policy_keys"
+    ][0]
     stolen_copy = keys.path.parent / "stolen-keys"
     shutil.copytree(keys.path, stolen_copy)  # an attacker's copy of the policy key, taken now
 
@@ -172,7 +209,9 @@ def test_three_rotations_carried_offline_and_a_revoked_key_rejected(site: Site, 
     for revision, extra in enumerate(rotations, start=2):
         done = mgmt("keys", "rotate", "--keys", str(keys.path), *extra)
         assert done.returncode == 0, done.stderr
-        result = site.run("import", str(make_bundle(revision)))  # each bundle carries the root chain
+        result = site.run(
+            "import", str(make_bundle(revision))
+        )  # each bundle carries the root chain
         assert result.returncode == 0, result.stderr
 
     status = json.loads(site.run("status", "--json").stdout)
@@ -188,7 +227,9 @@ def test_three_rotations_carried_offline_and_a_revoked_key_rejected(site: Site, 
     assert json.loads(site.run("status", "--json").stdout)["policy"]["revision"] == 4
 
 
-def test_a_second_site_catches_up_on_all_rotations_in_one_bundle(tmp_path: Path, keys, make_bundle) -> None:
+def test_a_second_site_catches_up_on_all_rotations_in_one_bundle(
+    tmp_path: Path, keys, make_bundle
+) -> None:
     for extra in (("--new-root-key",), ("--new-policy-key",), ()):
         assert mgmt("keys", "rotate", "--keys", str(keys.path), *extra).returncode == 0
     late = make_site(tmp_path / "late-site", keys)  # provisioned with root v1 long ago
@@ -199,7 +240,9 @@ def test_a_second_site_catches_up_on_all_rotations_in_one_bundle(tmp_path: Path,
 
 def test_mgmt_keys_are_private_and_never_printed(tmp_path: Path) -> None:
     key_dir = tmp_path / "k"
-    init = mgmt("keys", "init", "--keys", str(key_dir), "--policy-keys", "2", "--policy-threshold", "2")
+    init = mgmt(
+        "keys", "init", "--keys", str(key_dir), "--policy-keys", "2", "--policy-threshold", "2"
+    )
     assert init.returncode == 0, init.stderr
     private = list((key_dir / "private").iterdir())
     assert len(private) == 3
@@ -215,19 +258,49 @@ def test_mgmt_keys_are_private_and_never_printed(tmp_path: Path) -> None:
 def test_mgmt_bundle_build_targets_and_errors(tmp_path: Path, keys, site: Site) -> None:
     out = tmp_path / "b.bundle"
     built = mgmt(
-        "bundle", "build", "--profile", str(PROFILES / "monitoring"), "--target", "region=eu",
-        "--revision", "7", "--keys", str(keys.path), "-o", str(out),
+        "bundle",
+        "build",
+        "--profile",
+        str(PROFILES / "monitoring"),
+        "--target",
+        "region=eu",
+        "--revision",
+        "7",
+        "--keys",
+        str(keys.path),
+        "-o",
+        str(out),
     )
     assert built.returncode == 0, built.stderr
     assert site.run("verify", str(out)).returncode == 0
     bad = mgmt(
-        "bundle", "build", "--profile", str(PROFILES / "monitoring"), "--target", "Not_An_Id",
-        "--revision", "7", "--keys", str(keys.path), "-o", str(out),
+        "bundle",
+        "build",
+        "--profile",
+        str(PROFILES / "monitoring"),
+        "--target",
+        "Not_An_Id",
+        "--revision",
+        "7",
+        "--keys",
+        str(keys.path),
+        "-o",
+        str(out),
     )
     assert bad.returncode == 2 and "not a valid cluster id" in bad.stderr
     other = mgmt(
-        "bundle", "build", "--profile", str(PROFILES / "monitoring"), "--target", "region=us",
-        "--revision", "8", "--keys", str(keys.path), "-o", str(out),
+        "bundle",
+        "build",
+        "--profile",
+        str(PROFILES / "monitoring"),
+        "--target",
+        "region=us",
+        "--revision",
+        "8",
+        "--keys",
+        str(keys.path),
+        "-o",
+        str(out),
     )
     assert other.returncode == 0
     refused = site.run("verify", str(out))
