@@ -54,7 +54,9 @@ class Site:
     def open_store(self) -> StateStore:
         return StateStore.open(self.config.state_dir, snapshot_path=self.config.status_snapshot)
 
-    def run(self, *args: str, user: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, user: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real ``edge-agent`` console script against this site's config."""
         command = [str(BIN / "edge-agent"), "--config", str(self.config_path), *args]
         if user is not None:

@@ -31,8 +31,12 @@ def main() -> None:
             revision = (store.trust().revision or 0) + 1
             bundle = out / f"r{revision}.bundle"
             build_bundle(
-                profiles[revision % 2], keys=keys, target={"cluster_id": config.cluster_id},
-                revision=revision, output=bundle, now=clock.now() - dt.timedelta(minutes=1),
+                profiles[revision % 2],
+                keys=keys,
+                target={"cluster_id": config.cluster_id},
+                revision=revision,
+                output=bundle,
+                now=clock.now() - dt.timedelta(minutes=1),
             )
             import_file(bundle, store=store, config=config, clock=clock)
             print(f"committed {revision}", flush=True)

@@ -27,7 +27,9 @@ def test_status_before_anything_is_not_initialised(site: Site) -> None:
     assert not site.config.state_dir.exists(), "status created state"
 
 
-def test_verify_after_an_unprovisioned_store_exists_does_not_provision_it(site: Site, make_bundle) -> None:
+def test_verify_after_an_unprovisioned_store_exists_does_not_provision_it(
+    site: Site, make_bundle
+) -> None:
     from edge_agent.state import StateStore
 
     StateStore.open(site.config.state_dir).close()  # e.g. left by an aborted first start

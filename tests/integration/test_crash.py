@@ -51,8 +51,17 @@ def test_sigkill_at_random_moments_never_tears_the_store(
     revision, killed_while_committing = 0, 0
     for round_no in range(KILLS):
         with subprocess.Popen(
-            [sys.executable, str(child), str(site.config_path), str(keys.path), str(profile_a), str(profile_b)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            [
+                sys.executable,
+                str(child),
+                str(site.config_path),
+                str(keys.path),
+                str(profile_a),
+                str(profile_b),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
         ) as process:
             # Wait for the first commit of this run so the kill lands mid-work, not at start-up.
             assert process.stdout is not None and process.stderr is not None
@@ -70,18 +79,31 @@ def test_sigkill_at_random_moments_never_tears_the_store(
         killed_while_committing += now_in_force > int(first.split()[1])
         revision = now_in_force
     assert revision >= KILLS, f"only {revision} revisions committed in {KILLS} rounds"
-    assert killed_while_committing > 0, "no kill landed after further commits; the test exercised nothing"
+    assert killed_while_committing > 0, (
+        "no kill landed after further commits; the test exercised nothing"
+    )
 
 
-def test_status_reads_while_another_process_imports(site: Site, keys, profile_with_artifact) -> None:
+def test_status_reads_while_another_process_imports(
+    site: Site, keys, profile_with_artifact
+) -> None:
     profile_a = profile_with_artifact(os.urandom(50_000))
     profile_b = Path(__file__).resolve().parents[2] / "bundles" / "baseline"
     child = Path(__file__).with_name("crash_child.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     seen: list[int] = []
     with subprocess.Popen(
-        [sys.executable, str(child), str(site.config_path), str(keys.path), str(profile_a), str(profile_b)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        [
+            sys.executable,
+            str(child),
+            str(site.config_path),
+            str(keys.path),
+            str(profile_a),
+            str(profile_b),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     ) as writer:
         assert writer.stdout is not None
         assert writer.stdout.readline().decode().startswith("committed")

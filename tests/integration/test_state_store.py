@@ -63,7 +63,9 @@ def test_values_are_json_inside_sqlite_never_pickles_or_side_files(
     assert files <= {"cache.db", "cache.db-wal", "cache.db-shm"}, files
 
 
-def test_large_policy_stays_inside_sqlite(store: StateStore, make_bundle, clock, site, tmp_path) -> None:
+def test_large_policy_stays_inside_sqlite(
+    store: StateStore, make_bundle, clock, site, tmp_path
+) -> None:
     profile = tmp_path / "big"
     (profile / "layers" / "app").mkdir(parents=True)
     (profile / "profile.yaml").write_text("name: big\nlayers: [{name: app, path: layers/app}]\n")
@@ -90,7 +92,9 @@ def test_permissions_keep_the_store_private_and_the_snapshot_readable(
     assert "text" not in json.dumps(view["policy"]), "the public snapshot must not carry manifests"
 
 
-def test_commit_keeps_previous_policy_and_history(store: StateStore, site: Site, make_bundle, clock) -> None:
+def test_commit_keeps_previous_policy_and_history(
+    store: StateStore, site: Site, make_bundle, clock
+) -> None:
     import_file(make_bundle(1), store=store, config=site.config, clock=clock)
     import_file(make_bundle(2, "baseline"), store=store, config=site.config, clock=clock)
     assert store.current_policy()["revision"] == 2
@@ -99,7 +103,9 @@ def test_commit_keeps_previous_policy_and_history(store: StateStore, site: Site,
     assert store.trust().revision == 2
 
 
-def test_rejected_import_leaves_everything_as_it_was(store: StateStore, site: Site, make_bundle, clock) -> None:
+def test_rejected_import_leaves_everything_as_it_was(
+    store: StateStore, site: Site, make_bundle, clock
+) -> None:
     import_file(make_bundle(2), store=store, config=site.config, clock=clock)
     before = (store.current_policy(), store.trust(), store.previous_policy())
     with pytest.raises(BundleError) as caught:
@@ -110,7 +116,9 @@ def test_rejected_import_leaves_everything_as_it_was(store: StateStore, site: Si
     assert store.imports()[-1]["code"] == "rollback"
 
 
-def test_same_bundle_twice_is_already_in_force_not_an_error(store, site, make_bundle, clock) -> None:
+def test_same_bundle_twice_is_already_in_force_not_an_error(
+    store, site, make_bundle, clock
+) -> None:
     bundle = make_bundle(1)
     first = import_file(bundle, store=store, config=site.config, clock=clock)
     second = import_file(bundle, store=store, config=site.config, clock=clock)
@@ -118,20 +126,28 @@ def test_same_bundle_twice_is_already_in_force_not_an_error(store, site, make_bu
     assert store.seen_file(first.file_sha256)["result"] == "already-in-force"
 
 
-def test_concurrent_commit_is_refused_not_merged(store: StateStore, site: Site, make_bundle, clock) -> None:
+def test_concurrent_commit_is_refused_not_merged(
+    store: StateStore, site: Site, make_bundle, clock
+) -> None:
     from edge_agent.bundle.verify import verify_bundle
 
     older_view_trust = store.trust()
     import_file(make_bundle(1), store=store, config=site.config, clock=clock)
     with make_bundle(2).open("rb") as handle, store.staging() as staging:
         stale = verify_bundle(
-            handle, trust=older_view_trust, identity=site.config.identity, now=clock.now(),
-            limits=site.config.limits, sink=staging,
+            handle,
+            trust=older_view_trust,
+            identity=site.config.identity,
+            now=clock.now(),
+            limits=site.config.limits,
+            sink=staging,
         )
         from edge_agent.state import Source
 
         with pytest.raises(StateError, match="changed while this bundle was verified"):
-            store.commit(stale, source=Source("bundle", "x", "0" * 64, NOW), staging=staging, now=NOW)
+            store.commit(
+                stale, source=Source("bundle", "x", "0" * 64, NOW), staging=staging, now=NOW
+            )
     assert store.current_policy()["revision"] == 1
 
 
@@ -140,7 +156,12 @@ def test_artifacts_are_placed_by_hash_and_collected_when_unreferenced(
 ) -> None:
     contents = [os.urandom(100_000) for _ in range(3)]
     results = [
-        import_file(make_bundle(i + 1, profile_dir=profile_with_artifact(c)), store=store, config=site.config, clock=clock)
+        import_file(
+            make_bundle(i + 1, profile_dir=profile_with_artifact(c)),
+            store=store,
+            config=site.config,
+            clock=clock,
+        )
         for i, c in enumerate(contents)
     ]
     names = {p.name for p in (store.state_dir / "artifacts").iterdir()}
@@ -189,11 +210,18 @@ def test_cli_reports_damaged_store_in_one_line(site: Site, store: StateStore) ->
     assert result.stderr.count("\n") == 1 and "state store" in result.stderr
 
 
-def test_clock_set_back_keeps_the_trusted_time_mark(store: StateStore, site: Site, make_bundle, clock) -> None:
+def test_clock_set_back_keeps_the_trusted_time_mark(
+    store: StateStore, site: Site, make_bundle, clock
+) -> None:
     import_file(make_bundle(1, now=NOW), store=store, config=site.config, clock=clock)
     mark = store.trust().time_high_water
     clock.current = NOW - dt.timedelta(days=400)  # the RTC battery died
-    import_file(make_bundle(2, now=NOW + dt.timedelta(hours=1)), store=store, config=site.config, clock=clock)
+    import_file(
+        make_bundle(2, now=NOW + dt.timedelta(hours=1)),
+        store=store,
+        config=site.config,
+        clock=clock,
+    )
     assert store.trust().time_high_water == NOW + dt.timedelta(hours=1) > mark
 
 
@@ -204,7 +232,9 @@ def tiny_disk(tmp_path: Path):
     mount_point.mkdir()
     if os.geteuid() != 0:
         pytest.skip("full-disk test needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"full-disk test: cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount_point
@@ -232,7 +262,9 @@ def test_full_disk_fails_cleanly_and_keeps_the_policy(
         assert reopened.current_policy()["revision"] == 1
 
 
-def test_full_disk_during_the_sqlite_commit_keeps_the_policy(tiny_disk: Path, keys, make_bundle, clock, tmp_path) -> None:
+def test_full_disk_during_the_sqlite_commit_keeps_the_policy(
+    tiny_disk: Path, keys, make_bundle, clock, tmp_path
+) -> None:
     from tests.conftest import make_site
 
     site = make_site(tiny_disk / "site", keys)
@@ -251,7 +283,9 @@ def test_full_disk_during_the_sqlite_commit_keeps_the_policy(tiny_disk: Path, ke
         free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
         filler.write_bytes(b"\0" * max(free - 600_000, 0))  # leave less than the new row needs
         with pytest.raises(StateError) as caught:
-            import_file(make_bundle(2, profile_dir=profile), store=store, config=site.config, clock=clock)
+            import_file(
+                make_bundle(2, profile_dir=profile), store=store, config=site.config, clock=clock
+            )
         assert "full" in str(caught.value) and "\n" not in str(caught.value)
         assert (store.current_policy(), store.trust()) == before[:2]
         filler.unlink()

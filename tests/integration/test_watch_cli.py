@@ -36,7 +36,9 @@ def watching(tmp_path: Path, keys) -> Iterator[tuple[Site, Path, subprocess.Pope
     site = make_site(tmp_path / "site", keys, extra=f'drop_folders: ["{media}/*/edge-bundles"]\n')
     process = subprocess.Popen(
         [str(BIN / "edge-agent"), "--config", str(site.config_path), "watch"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: site.config.status_snapshot.exists())  # provisioned and running
@@ -78,7 +80,9 @@ def test_watch_finds_a_bundle_on_a_newly_mounted_stick(watching, make_bundle) ->
     site, media, process = watching
     stick = media / "usb0"
     stick.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(stick)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(stick)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
