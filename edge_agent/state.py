@@ -60,6 +60,7 @@ from edge_agent.errors import (
     StateSchemaError,
     StateWriteError,
 )
+from edge_agent.files import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ class StateStore:
             return
         try:
             data = json.dumps(self.view(), sort_keys=True, indent=1).encode("utf-8")
-            _atomic_write(self._snapshot_path, data, mode=0o644)
+            atomic_write(self._snapshot_path, data, mode=0o644)
         except (OSError, StateError) as exc:
             log.warning("status snapshot %s not written: %s", self._snapshot_path, exc)
 
@@ -384,7 +385,7 @@ class StateStore:
                 if final.exists():
                     continue
                 os.replace(staging.files[artifact.path], final)
-            _fsync_dir(self._artifacts)
+            fsync_dir(self._artifacts)
         except OSError as exc:
             raise StateWriteError(
                 f"placing artifacts in {self._artifacts}: {exc.strerror or exc}"
@@ -427,30 +428,6 @@ def _classify(exc: sqlite3.DatabaseError, what: str) -> StateError:
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         return StateCorruptError(f"{what}: {text}; move the store aside to re-provision")
     return StateError(f"{what}: {text}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _b64(data: bytes) -> str:

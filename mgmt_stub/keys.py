@@ -34,6 +34,7 @@ from edge_agent.bundle.envelope import (
 )
 from edge_agent.bundle.model import FORMAT_VERSION, ROOT_TYPE, Root, parse_root
 from edge_agent.clock import format_time
+from edge_agent.files import atomic_write
 
 
 class KeyStoreError(Exception):
@@ -261,15 +262,5 @@ class KeyDirectory:
     def _write_root(self, version: int, envelope: bytes) -> None:
         roots = self.path / "roots"
         roots.mkdir(mode=0o700, exist_ok=True)
-        _atomic_write(roots / f"{version}.json", envelope, mode=0o644)
-        _atomic_write(self.path / "root.json", envelope, mode=0o644)
-
-
-def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        atomic_write(roots / f"{version}.json", envelope, mode=0o644)
+        atomic_write(self.path / "root.json", envelope, mode=0o644)
