@@ -55,7 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             _show(keys, as_json=getattr(args, "json", False))
             return 0
-        target = _target(args.target)
+        try:
+            target = _target(args.target)
+        except ValueError as exc:
+            parser.print_usage(sys.stderr)
+            print(f"mgmt-stub: {exc}", file=sys.stderr)
+            return 2
         bundle_id = build_bundle(
             Path(args.profile),
             keys=KeyDirectory(Path(args.keys)),
@@ -68,13 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"built {args.output}: bundle {bundle_id} revision {args.revision} for {args.target}")
         return 0
-    except ValueError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"mgmt-stub: {exc}", file=sys.stderr)
-        return 2
     except (KeyStoreError, ProfileError, EdgeAgentError, OSError) as exc:
-        print(f"mgmt-stub: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"mgmt-stub: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug, not a usage error: still one line, never a traceback
+        print(f"mgmt-stub: unexpected {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _parser() -> argparse.ArgumentParser:
