@@ -19,14 +19,23 @@ a folder. inotify cannot see everything, so the watcher also polls:
   ``poll()`` expands the patterns again and re-watches (then scans) any folder that is new,
   was replaced (other device or inode) or whose watch has stopped.
 
+Stopping: ``request_stop()`` only sets a flag (no lock, no join), so a signal handler may call
+it; ``stop()`` and a set ``run(stop_event)`` event count as a request too. Every offer, from a
+scan or from an event, checks for a request first, so a scan of a stick full of big bundles
+ends after the callback that is running, not after the last file.
+
 What it does not do: it does not read, hash, verify or remember bundle contents (the
 callback does, and it ignores files it has already imported); it does not watch
 sub-folders; it never writes, renames or deletes anything in a watched folder (USB media
 may be read-only); it does not blacklist a file that fails.
 
 Invariants:
-- Only regular files (``lstat``, so never a symlink) with a bundle suffix and a name not
-  starting with ``.`` are handed over.
+- Only regular files (``lstat``, so never a symlink) with a bundle suffix (``.bundle``,
+  ``.bundle.tar``, ``.bundle.tar.gz``, ``.bundle.tgz``; not a bare ``.tar``, which would pick
+  up container image tarballs carried on the same stick) and a name not starting with ``.``
+  are handed over. A scan offers them in natural order (``r2.bundle`` before ``r10.bundle``).
+- Once a stop is requested no offer starts: a callback already running finishes (the
+  importer is atomic), nothing new is handed over, whatever thread it would run on.
 - ``on_bundle`` is never called concurrently: inotify events (observer thread) and scans
   (the thread calling ``poll()``) take the same lock. It returns True when the file is done
   with, whatever the outcome, and False when it is worth offering again (a copy still in
@@ -69,8 +78,11 @@ from edge_agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SUFFIXES: tuple[str, ...] = (".bundle", ".tar", ".tar.gz")
-"""File name endings of bundle files, compared without regard to case (FAT sticks)."""
+DEFAULT_SUFFIXES: tuple[str, ...] = (".bundle", ".bundle.tar", ".bundle.tar.gz", ".bundle.tgz")
+"""File name endings of bundle files, compared without regard to case (FAT sticks).
+
+Bundle-specific on purpose: a plain ``.tar`` would also match container image tarballs
+(``images.tar``) carried on the same stick, which then fail verification."""
 
 MOUNTINFO_PATH = Path("/proc/self/mountinfo")
 
@@ -78,6 +90,7 @@ BundleCallback = Callable[[Path], bool]
 """Called with a candidate file; True = done with it, False = offer it again later."""
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_DIGIT_RUN = re.compile(r"([0-9]+)")
 
 
 # -- pure: mount table and names --------------------------------------------------------------
@@ -137,8 +150,19 @@ def is_candidate_name(name: str, suffixes: Iterable[str]) -> bool:
     """True when a file name looks like a finished bundle: a known suffix and not hidden."""
     folded = name.casefold()
     return not name.startswith(".") and any(
-        folded.endswith(suffix.casefold()) and len(folded) > len(suffix) for suffix in suffixes
+        folded.endswith(ending) and len(folded) > len(ending)
+        for ending in (suffix.casefold() for suffix in suffixes)
     )
+
+
+def natural_sort_key(name: str) -> tuple[tuple[str | int, ...], str]:
+    """A sort key that orders names as a person would: ``r2.bundle`` before ``r10.bundle``.
+
+    Runs of ASCII digits compare as integers, the text between them without regard to case;
+    ties (``r01``/``r1``, ``A``/``a``) are broken by the name itself, so the order is total.
+    """
+    parts = _DIGIT_RUN.split(name.casefold())  # text, digits, text, ..., text: types alternate
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts)), name
 
 
 # -- the shell --------------------------------------------------------------------------------
@@ -185,7 +209,9 @@ class DropWatcher:
 
     ``start()`` starts the inotify observer and polls once; ``poll()`` checks the mount table
     and the patterns once (deterministic, no sleeping); ``run(stop_event)`` is the daemon
-    loop; ``stop()`` stops and joins the observer and may be called any number of times.
+    loop (it starts the watcher itself, so that its first scan already honours the event);
+    ``request_stop()`` asks, from any thread or a signal handler, that no further file be
+    offered; ``stop()`` stops and joins the observer and may be called any number of times.
     """
 
     def __init__(
@@ -215,6 +241,11 @@ class DropWatcher:
         self._handler = _Events(self._offer)
         self._observer: InotifyObserver | None = None  # created by start()
         self._stopped = False
+        # Stop requests: read before every offer. A plain attribute, written without a lock,
+        # so that request_stop() is safe in a signal handler (a handler that took a lock
+        # could interrupt the main thread holding it and wait forever).
+        self._stop_requested = False
+        self._run_stop_event: threading.Event | None = None  # set by run()
 
         self._poll_lock = threading.Lock()  # one poll at a time; never held by the observer
         self._watched: dict[Path, _Watched] = {}
@@ -238,11 +269,32 @@ class DropWatcher:
             self._observer.start()
         self.poll()
 
+    def request_stop(self) -> None:
+        """Ask that no further file be offered; return at once. Safe in a signal handler.
+
+        Only sets a flag: it takes no lock and joins nothing. A callback already running
+        finishes; scans and events offer nothing after it; ``poll()`` does nothing. It does
+        not wake ``run()``: set the event given to ``run()`` as well (or instead), or the loop
+        ends at its next poll. Still call ``stop()`` (``run()`` does) to end the threads.
+        """
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once ``request_stop()`` or ``stop()`` was called or the run's event is set."""
+        run_stop_event = self._run_stop_event
+        return (
+            self._stop_requested
+            or self._stopped
+            or (run_stop_event is not None and run_stop_event.is_set())
+        )
+
     def stop(self) -> None:
         """Stop watching and join the observer thread. Idempotent; no callback starts after.
 
         A callback already running on the observer thread is waited for.
         """
+        self._stop_requested = True  # a scan running in another thread offers nothing more
         with self._poll_lock:
             if self._stopped:
                 return
@@ -258,11 +310,16 @@ class DropWatcher:
             observer.join()
 
     def run(self, stop_event: threading.Event) -> None:
-        """Start if needed, poll every ``poll_interval_s`` until ``stop_event`` is set, stop."""
+        """Start if needed, poll every ``poll_interval_s`` until ``stop_event`` is set, stop.
+
+        ``stop_event`` is also checked before every offer (scans and events), from the first
+        scan on when ``run()`` does the start; the loop also ends after ``request_stop()``.
+        """
+        self._run_stop_event = stop_event
         try:
-            if self._observer is None:
+            if self._observer is None and not self.stop_requested:
                 self.start()
-            while not stop_event.wait(self.poll_interval_s):
+            while not self.stop_requested and not stop_event.wait(self.poll_interval_s):
                 self.poll()
         finally:
             self.stop()
@@ -283,10 +340,10 @@ class DropWatcher:
         waits while the callback handles an event on the observer thread.
         """
         with self._poll_lock:
-            if self._stopped:
-                return
-            if self._observer is None:
+            if self._observer is None and not self._stopped:
                 raise RuntimeError("drop watcher polled before start()")
+            if self.stop_requested or self._observer is None:
+                return
             observer = self._observer
             mounts_changed = self._check_mounts()
             folders = self._expand_patterns()
@@ -390,10 +447,11 @@ class DropWatcher:
     # -- offering ---------------------------------------------------------------------------
 
     def _scan(self, folder: Path) -> None:
-        """Offer every candidate file in ``folder``; forget files that are no longer there."""
+        """Offer every candidate file in ``folder`` in natural order, until a stop request;
+        forget files that are no longer there."""
         try:
             with os.scandir(folder) as entries:
-                names = sorted(entry.name for entry in entries)
+                names = sorted((entry.name for entry in entries), key=natural_sort_key)
         except OSError as exc:
             log.warning("drop folder %s not scanned: %s", folder, exc)
             return
@@ -403,14 +461,19 @@ class DropWatcher:
                 if path not in present:
                     del self._done[path]
         for name in names:
+            if self.stop_requested:
+                log.debug("drop folder %s: scan ended early, the watcher is stopping", folder)
+                return
             self._offer(folder / name)
 
     def _offer(self, path: Path) -> None:
-        """Call on_bundle for ``path`` if it is a candidate and not done and unchanged."""
+        """Call on_bundle for ``path`` if it is a candidate and not done and unchanged, and
+        no stop was requested (checked under the offer lock, after any running callback)."""
         if not is_candidate_name(path.name, self._suffixes):
             return
         with self._offer_lock:
-            if self._stopped:
+            if self.stop_requested:
+                log.debug("bundle file %s not offered: the watcher is stopping", path)
                 return
             try:
                 info = path.lstat()

@@ -93,15 +93,19 @@ def test_a_file_renamed_into_the_folder_is_handed_over(
 ) -> None:
     recorder = Recorder()
     make_watcher([str(drop)], recorder).start()
-    outside = tmp_path / "outside.tar"
+    outside = tmp_path / "outside.bundle.tar"
     outside.write_bytes(b"from elsewhere")
 
-    outside.rename(drop / "site.tar")  # like mv on one filesystem
+    outside.rename(drop / "site.bundle.tar")  # like mv on one filesystem
     (drop / ".site.bundle.Xy12").write_bytes(b"rsync temp")  # hidden: not offered
     (drop / ".site.bundle.Xy12").rename(drop / "site.bundle")  # like rsync's last step
     barrier(recorder, drop)
 
-    assert recorder.offers == [drop / "site.tar", drop / "site.bundle", drop / "zz-barrier.bundle"]
+    assert recorder.offers == [
+        drop / "site.bundle.tar",
+        drop / "site.bundle",
+        drop / "zz-barrier.bundle",
+    ]
 
 
 def test_a_half_written_file_is_not_handed_over_until_closed(
@@ -153,12 +157,31 @@ def test_only_regular_files_with_a_bundle_name_are_offered(
     os.mkfifo(drop / "pipe.bundle")
     (drop / "notes.txt").write_bytes(b"n")
     (drop / ".hidden.bundle").write_bytes(b"h")
-    (drop / "good.tar.gz").write_bytes(b"g")
+    (drop / "images.tar").write_bytes(b"container images, not a bundle")
+    (drop / "good.bundle.tar.gz").write_bytes(b"g")
     recorder = Recorder()
 
     make_watcher([str(drop)], recorder).start()
 
-    assert recorder.offers == [drop / "good.tar.gz"]
+    assert recorder.offers == [drop / "good.bundle.tar.gz"]
+
+
+def test_a_scan_offers_files_in_natural_order(
+    drop: Path, make_watcher: Callable[..., DropWatcher]
+) -> None:
+    for name in ["r10.bundle", "r2.bundle.tgz", "r1.bundle", "R3.bundle", "r20.bundle.tar"]:
+        (drop / name).write_bytes(name.encode())
+    recorder = Recorder()
+
+    make_watcher([str(drop)], recorder).start()
+
+    assert [path.name for path in recorder.offers] == [
+        "r1.bundle",
+        "r2.bundle.tgz",
+        "R3.bundle",
+        "r10.bundle",
+        "r20.bundle.tar",
+    ]
 
 
 def test_an_unchanged_done_file_is_not_offered_again_by_a_rescan(
@@ -311,6 +334,87 @@ def test_stop_is_idempotent_and_joins_every_thread(
     assert recorder.offers == []
     with pytest.raises(RuntimeError):
         watcher.start()
+
+
+# -- stopping in the middle: nothing new is offered ---------------------------------------------
+
+FOUR_BUNDLES = ["r1.bundle", "r2.bundle", "r10.bundle", "r11.bundle"]
+
+
+def test_a_stop_requested_during_a_scan_ends_it_after_the_running_callback(
+    drop: Path, make_watcher: Callable[..., DropWatcher]
+) -> None:
+    for name in FOUR_BUNDLES:
+        (drop / name).write_bytes(b"a big bundle")
+    watchers: list[DropWatcher] = []
+
+    def verdict(path: Path) -> bool:
+        watchers[0].request_stop()  # what the SIGTERM handler does
+        return True
+
+    recorder = Recorder(verdict)
+    watcher = make_watcher([str(drop)], recorder)
+    watchers.append(watcher)
+    watcher.start()  # the first poll scans; the first callback asks to stop
+
+    assert recorder.offers == [drop / "r1.bundle"]
+    assert watcher.stop_requested
+    watcher.poll()  # a no-op now: no rescan, no offer
+    assert recorder.offers == [drop / "r1.bundle"]
+
+
+def test_the_run_event_set_during_a_scan_ends_the_scan_and_the_run(
+    drop: Path, mountinfo: Path
+) -> None:
+    for name in FOUR_BUNDLES:
+        (drop / name).write_bytes(b"a big bundle")
+    stop_event = threading.Event()
+
+    def verdict(path: Path) -> bool:
+        stop_event.set()  # what the CLI's SIGTERM handler does
+        return True
+
+    recorder = Recorder(verdict)
+    watcher = DropWatcher([str(drop)], recorder, mountinfo_path=mountinfo, poll_interval_s=60)
+    before = set(threading.enumerate())
+
+    watcher.run(stop_event)  # in this thread: returns once the first scan has ended
+
+    assert recorder.offers == [drop / "r1.bundle"]
+    assert set(threading.enumerate()) - before == set()
+
+
+def test_a_stop_requested_during_an_event_callback_offers_no_later_event(
+    drop: Path, make_watcher: Callable[..., DropWatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge_agent.watch")
+    in_callback = threading.Event()
+    release = threading.Event()
+
+    def verdict(path: Path) -> bool:
+        in_callback.set()
+        assert release.wait(timeout=5), "the test did not release the callback"
+        return True
+
+    recorder = Recorder(verdict)
+    watcher = make_watcher([str(drop)], recorder)
+    watcher.start()
+    (drop / "r1.bundle").write_bytes(b"first")
+    assert in_callback.wait(timeout=5)  # the observer thread is inside the callback
+    (drop / "r2.bundle").write_bytes(b"second")  # their events queue up behind it
+    (drop / "r3.bundle").write_bytes(b"third")
+
+    watcher.request_stop()  # returns at once although a callback holds the offer lock
+    release.set()
+
+    def skipped(name: str) -> bool:
+        return any(
+            "not offered" in record.getMessage() and name in record.getMessage()
+            for record in caplog.records
+        )
+
+    wait_until(lambda: skipped("r2.bundle") and skipped("r3.bundle"), "later events skipped")
+    assert recorder.offers == [drop / "r1.bundle"]
 
 
 def test_stop_before_start_is_harmless(drop: Path) -> None:

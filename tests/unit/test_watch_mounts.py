@@ -14,6 +14,7 @@ from edge_agent.watch import (
     MountPoint,
     changed_mount_points,
     is_candidate_name,
+    natural_sort_key,
     parse_mountinfo,
 )
 from tests.recorder import Recorder
@@ -110,17 +111,24 @@ def test_a_mount_replaced_at_the_same_point_is_a_change() -> None:
     ("name", "expected"),
     [
         ("site-a.bundle", True),
-        ("site-a.tar", True),
-        ("site-a.tar.gz", True),
+        ("site-a.bundle.tar", True),
+        ("site.bundle.tar.gz", True),
+        ("site-a.bundle.tgz", True),
         ("SITE-A.BUNDLE", True),  # FAT sticks written on other systems
+        ("Site-A.Bundle.Tar.GZ", True),
+        ("images.tar", False),  # a container image tarball on the same stick
+        ("site-a.tar", False),
+        ("site-a.tar.gz", False),
+        ("site-a.tgz", False),
+        ("site-a.bundle.gz", False),
         (".site-a.bundle", False),  # hidden: a partial copy's temp name
         (".site-a.bundle.Xy12Zq", False),
         ("site-a.bundle.part", False),
-        ("site-a.gz", False),
-        ("site-a.tgz", False),
+        ("site-a.bundle.tar.part", False),
         ("notes.txt", False),
         (".bundle", False),  # hidden, and no name before the suffix
         ("bundle", False),
+        ("bundle.tar", False),
     ],
 )
 def test_candidate_names_have_a_bundle_suffix_and_are_not_hidden(name: str, expected: bool) -> None:
@@ -130,6 +138,51 @@ def test_candidate_names_have_a_bundle_suffix_and_are_not_hidden(name: str, expe
 def test_suffixes_are_a_parameter() -> None:
     assert is_candidate_name("site.zip", [".zip"])
     assert not is_candidate_name("site.bundle", [".zip"])
+
+
+def test_natural_order_compares_digit_runs_as_numbers() -> None:
+    names = ["r10.bundle", "r2.bundle", "r1.bundle", "r2.bundle.tgz", "r100.bundle", "r9.bundle"]
+
+    assert sorted(names, key=natural_sort_key) == [
+        "r1.bundle",
+        "r2.bundle",
+        "r2.bundle.tgz",
+        "r9.bundle",
+        "r10.bundle",
+        "r100.bundle",
+    ]
+
+
+def test_natural_order_ignores_case_and_is_total() -> None:
+    names = [
+        "site-b.bundle",
+        "Site-a.bundle",
+        "site-a.bundle",
+        "r01.bundle",
+        "r1.bundle",
+        "1.bundle",
+    ]
+
+    assert sorted(names, key=natural_sort_key) == [
+        "1.bundle",  # digits sort before letters, as in plain sorting
+        "r01.bundle",  # same number: the name itself breaks the tie
+        "r1.bundle",
+        "Site-a.bundle",
+        "site-a.bundle",
+        "site-b.bundle",
+    ]
+    assert sorted(reversed(names), key=natural_sort_key) == sorted(names, key=natural_sort_key)
+
+
+def test_natural_order_handles_names_starting_with_digits_and_long_numbers() -> None:
+    names = ["2024-10-01.bundle", "2024-9-30.bundle", "99999999999999999999.bundle", "3.bundle"]
+
+    assert sorted(names, key=natural_sort_key) == [
+        "3.bundle",
+        "2024-9-30.bundle",
+        "2024-10-01.bundle",
+        "99999999999999999999.bundle",
+    ]
 
 
 # -- construction ------------------------------------------------------------------------------
@@ -211,18 +264,25 @@ def test_a_newly_mounted_stick_is_scanned_once_then_watched(
     assert watcher.watched_folders == frozenset()
 
     folder = _plug_in(
-        media, tmp_path, "EDGE STICK", {"a.bundle": b"a", "b.tar.gz": b"b", "notes.txt": b"n"}
+        media,
+        tmp_path,
+        "EDGE STICK",
+        {"a.bundle": b"a", "b.bundle.tar.gz": b"b", "images.tar": b"i", "notes.txt": b"n"},
     )
     mountinfo.write_text(BASE_TABLE + _mount_line(412, media / "EDGE STICK"))
     watcher.poll()
 
-    assert recorder.offers == [folder / "a.bundle", folder / "b.tar.gz"]
+    assert recorder.offers == [folder / "a.bundle", folder / "b.bundle.tar.gz"]
     assert watcher.watched_folders == {folder}
 
     watcher.poll()  # nothing changed: no second scan
     (folder / "c.bundle").write_bytes(b"c")  # now seen through inotify
     recorder.wait_for(folder / "c.bundle")
-    assert recorder.offers == [folder / "a.bundle", folder / "b.tar.gz", folder / "c.bundle"]
+    assert recorder.offers == [
+        folder / "a.bundle",
+        folder / "b.bundle.tar.gz",
+        folder / "c.bundle",
+    ]
 
 
 def test_a_mount_table_change_rescans_retryable_files_but_not_done_ones(
