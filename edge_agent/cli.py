@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle.trust import TrustState, load_initial_root
+from edge_agent.bundle.trust import initial_trust, load_initial_root
 from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import DEFAULT_PATH, AgentConfig, load_config
 from edge_agent.errors import BundleError, ConfigError, StateError
-from edge_agent.importer import file_sha256, import_file, verify_file
-from edge_agent.state import StateStore
+from edge_agent.importer import import_dropped_file, import_file, verify_file
+from edge_agent.state import ROOT_MAX_BYTES, StateStore
 from edge_agent.status import Verdict, render, report
 
 log = logging.getLogger("edge_agent")
@@ -35,6 +35,7 @@ EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_STATE = 4
+EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits EX_SOFTWARE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,24 +46,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     clock = SystemClock()
+    as_json = getattr(args, "json", False)
     try:
         config = load_config(Path(args.config))
         if args.command == "status":
-            return _status(config, as_json=args.json)
+            return _status(config, clock, as_json=args.json)
         if args.command == "verify":
             return _verify(config, Path(args.file), clock, as_json=args.json)
         if args.command == "import":
             return _import(config, Path(args.file), clock, as_json=args.json)
         return _watch(config, clock)
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(str(exc), as_json=as_json, result="config-error")
         return EXIT_USAGE
     except BundleError as exc:
-        _fail(f"rejected: {exc}", as_json=getattr(args, "json", False), code=exc.code.value)
+        _fail(f"rejected: {exc}", as_json=as_json, result="rejected", code=exc.code.value)
         return EXIT_REJECTED
     except StateError as exc:
-        _fail(f"state store: {exc}")
+        _fail(f"state store: {exc}", as_json=as_json, result="state-error")
         return Verdict.FAILING.value if args.command == "status" else EXIT_STATE
+    except Exception as exc:  # a bug; still one line and a distinct exit code, never a traceback
+        log.debug("internal error", exc_info=True)
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc}", as_json=as_json, result="internal-error"
+        )
+        return Verdict.FAILING.value if args.command == "status" else EXIT_INTERNAL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +102,10 @@ def _open_store(config: AgentConfig, clock: Clock) -> StateStore:
     store = StateStore.open(config.state_dir, snapshot_path=config.status_snapshot)
     try:
         if not store.is_provisioned():
-            store.provision(_initial_root(config), now=clock.now())
+            try:
+                store.provision(_initial_root(config), now=clock.now())
+            except BundleError as exc:
+                raise ConfigError(f"initial root {config.initial_root}: {exc}") from None
     except BaseException:
         store.close()
         raise
@@ -114,13 +125,12 @@ def _verify(config: AgentConfig, path: Path, clock: Clock, *, as_json: bool) -> 
         with StateStore.open(config.state_dir, snapshot_path=None) as store:
             trust = store.trust() if store.is_provisioned() else None
     if trust is None:  # not yet provisioned: verify against the provisioned root, creating nothing
-        trust = TrustState(
-            load_initial_root(_initial_root(config), max_bytes=config.limits.max_metadata_bytes),
-            frozenset(),
-            None,
-            None,
-            None,
-        )
+        try:
+            trust = initial_trust(
+                load_initial_root(_initial_root(config), max_bytes=ROOT_MAX_BYTES)
+            )
+        except BundleError as exc:
+            raise ConfigError(f"initial root {config.initial_root}: {exc}") from None
     bundle = verify_file(path, trust=trust, config=config, clock=clock)
     _emit(_summary("valid", bundle), as_json, f"valid: {_describe(bundle)}")
     return EXIT_OK
@@ -138,9 +148,13 @@ def _import(config: AgentConfig, path: Path, clock: Clock, *, as_json: bool) -> 
     return EXIT_OK
 
 
-def _status(config: AgentConfig, *, as_json: bool) -> int:
+def _status(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
     store_dir = config.state_dir / "store"
-    if not store_dir.exists() and not config.status_snapshot.exists():
+    try:
+        nothing_yet = not store_dir.exists() and not config.status_snapshot.exists()
+    except OSError as exc:
+        raise StateError(f"cannot look at {config.state_dir}: {exc.strerror or exc}") from None
+    if nothing_yet:
         view: dict[str, Any] = {
             "policy": None,
             "previous_policy": None,
@@ -158,7 +172,9 @@ def _status(config: AgentConfig, *, as_json: bool) -> int:
         except (OSError, ValueError) as exc:
             raise StateError(f"cannot read the snapshot {config.status_snapshot}: {exc}") from None
         source = f"snapshot {config.status_snapshot}"
-    doc = report(view, cluster_id=config.cluster_id, labels=config.labels, source=source)
+    doc = report(
+        view, cluster_id=config.cluster_id, labels=config.labels, source=source, now=clock.now()
+    )
     print(json.dumps(doc, indent=2, sort_keys=True) if as_json else render(doc))
     return Verdict[doc["verdict"].upper().replace("-", "_")].value
 
@@ -169,30 +185,22 @@ def _watch(config: AgentConfig, clock: Clock) -> int:
     if not config.drop_folders:
         raise ConfigError(f"config: drop_folders is empty; nothing to watch ({config.state_dir})")
     store = _open_store(config, clock)
-    lock = threading.Lock()
 
     def on_bundle(path: Path) -> bool:
-        with lock:
-            try:
-                sha = file_sha256(path)
-                if store.seen_file(sha) is not None:
-                    log.debug("bundle %s already handled (sha256 %s)", path, sha[:16])
-                    return True
-                import_file(path, store=store, config=config, clock=clock)
-            except BundleError as exc:
-                return not exc.retryable
-            except StateError as exc:
-                return not exc.transient
-        return True
+        return import_dropped_file(path, store=store, config=config, clock=clock)
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     watcher = DropWatcher(config.drop_folders, on_bundle)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        watcher.request_stop()  # lock-free: no new offer, even in the middle of a scan
+        stop.set()  # wakes run()'s wait at once
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
     log.info("watching %s", ", ".join(config.drop_folders))
     try:
-        watcher.start()
-        watcher.run(stop)
+        watcher.run(stop)  # starts the watcher; stop-aware from the first scan
     finally:
         watcher.stop()
         store.close()
@@ -223,10 +231,10 @@ def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(doc, sort_keys=True) if as_json else text)
 
 
-def _fail(message: str, *, as_json: bool = False, code: str | None = None) -> None:
+def _fail(message: str, *, as_json: bool, result: str, code: str | None = None) -> None:
     line = " ".join(message.split())
     if as_json:
-        print(json.dumps({"result": "rejected", "code": code, "error": line}, sort_keys=True))
+        print(json.dumps({"result": result, "code": code, "error": line}, sort_keys=True))
     print(f"edge-agent: {line}", file=sys.stderr)
 
 

@@ -68,6 +68,24 @@ _LIMIT_KEYS = {
 }
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (the last one would silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"key {key!r} is given twice (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read and check the configuration file at ``path``."""
     where = str(path)
@@ -80,9 +98,11 @@ def load_config(path: Path) -> AgentConfig:
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {where}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        doc = yaml.safe_load(data.decode("utf-8"))
+        doc = yaml.load(data.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError:
         raise ConfigError(f"config {where}: not valid UTF-8") from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config {where}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -100,7 +120,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
         raise ConfigError(
             f"config {where}: cluster_id must be a lowercase DNS-style name, got {cluster_id!r}"
         )
-    labels = doc.get("labels") or {}
+    labels = doc.get("labels", {})
     if not isinstance(labels, dict):
         raise ConfigError(f"config {where}: labels must be a mapping of strings")
     for key, value in labels.items():
@@ -109,7 +129,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
                 f"config {where}: label {key!r}: {value!r} is not a valid Kubernetes label"
             )
 
-    paths = doc.get("paths") or {}
+    paths = doc.get("paths", {})
     if not isinstance(paths, dict):
         raise ConfigError(f"config {where}: paths must be a mapping")
     _known(paths, _PATH_KEYS, where, "paths.")
@@ -126,7 +146,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
         base,
     )
 
-    folders = doc.get("drop_folders") or []
+    folders = doc.get("drop_folders", [])
     if not isinstance(folders, list) or not all(
         isinstance(f, str) and f.startswith("/") for f in folders
     ):
@@ -134,7 +154,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
             f"config {where}: drop_folders must be a list of absolute paths or glob patterns"
         )
 
-    limits_doc = doc.get("limits") or {}
+    limits_doc = doc.get("limits", {})
     if not isinstance(limits_doc, dict):
         raise ConfigError(f"config {where}: limits must be a mapping")
     _known(limits_doc, _LIMIT_KEYS, where, "limits.")
@@ -144,6 +164,20 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
                 f"config {where}: limits.{key} must be a positive integer, got {value!r}"
             )
     limits = dataclasses.replace(Limits(), **limits_doc)
+    for small, large in (
+        ("max_file_bytes", "max_bundle_bytes"),
+        ("max_metadata_bytes", "max_bundle_bytes"),
+        ("max_manifest_bytes", "max_total_manifest_bytes"),
+    ):
+        if getattr(limits, small) <= getattr(limits, large):
+            continue
+        if small not in limits_doc:  # a default above a lowered limit follows that limit
+            limits = dataclasses.replace(limits, **{small: getattr(limits, large)})
+            continue
+        raise ConfigError(
+            f"config {where}: limits.{small} ({getattr(limits, small)}) is larger than "
+            f"limits.{large} ({getattr(limits, large)})"
+        )
 
     return AgentConfig(
         cluster_id=cluster_id,

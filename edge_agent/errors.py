@@ -6,6 +6,7 @@
     └── StateError                  the local state store cannot be used
         ├── StateCorruptError       the store exists but is damaged or unreadable
         ├── StateSchemaError        the store was written by a newer agent
+        ├── StateConflictError      another import committed first (transient: retry)
         └── StateWriteError         a write failed (disk full, permissions, I/O)
 
 Errors are raised by the pure core and by the I/O shell alike and caught only in the
@@ -102,6 +103,12 @@ class StateCorruptError(StateError):
 
 class StateSchemaError(StateError):
     """The store carries a schema version this agent does not know."""
+
+
+class StateConflictError(StateError):
+    """The policy in force changed while a bundle was verified; verify it again."""
+
+    transient = True
 
 
 class StateWriteError(StateError):

@@ -14,13 +14,15 @@ from pathlib import Path
 def atomic_write(path: Path, data: bytes, *, mode: int) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with permission ``mode``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash of this same pid number; never followed
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # the exact mode, whatever the umask
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):

@@ -40,21 +40,26 @@ class BundleInput:
     identity under which the file is remembered as seen.
     """
 
-    def __init__(self, stream: BinaryIO, *, kind: str, location: str) -> None:
+    def __init__(self, stream: BinaryIO, *, kind: str, location: str, max_bytes: int) -> None:
         self._stream = stream
         self._hasher = hashlib.sha256()
+        self._count = 0
+        self._max = max_bytes
         self.kind = kind
         self.location = location
 
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
         self._hasher.update(data)
+        self._count += len(data)
         return data
 
-    def sha256(self) -> str:
-        while self.read(1 << 20):
-            pass
-        return self._hasher.hexdigest()
+    def sha256(self) -> str | None:
+        """Hash of the whole input, or None if it is larger than the bundle size limit."""
+        while self._count <= self._max:
+            if not self.read(1 << 20):
+                return self._hasher.hexdigest()
+        return None
 
 
 def verify_file(
@@ -78,7 +83,9 @@ def import_file(
     """Verify and commit one bundle file; see ``verify_and_commit``."""
     with _open(path) as handle:
         return verify_and_commit(
-            BundleInput(handle, kind="bundle", location=str(path)),
+            BundleInput(
+                handle, kind="bundle", location=str(path), max_bytes=config.limits.max_bundle_bytes
+            ),
             store=store,
             config=config,
             clock=clock,
@@ -94,17 +101,20 @@ def verify_and_commit(
     (could not commit); in both cases the previous policy stays in force.
     """
     now = clock.now()
+    trust = store.trust()
+    context = _context(trust, config)
     try:
         with store.staging() as staging:
             bundle = verify_bundle(
                 cast(BinaryIO, source),
-                trust=store.trust(),
+                trust=trust,
                 identity=config.identity,
                 now=now,
                 limits=config.limits,
                 sink=staging,
             )
             sha = source.sha256()
+            assert sha is not None, "verify_bundle enforces the same size limit"
             meta = bundle.metadata
             if bundle.already_in_force:
                 store.record_import(
@@ -134,6 +144,7 @@ def verify_and_commit(
                 "rejected",
                 code=exc.code.value,
                 message=exc.detail,
+                context=context,
             ),
         )
         log.warning("bundle %s rejected: %s", source.location, exc)
@@ -149,6 +160,61 @@ def verify_and_commit(
         meta.bundle_id,
     )
     return ImportResult("committed", bundle, sha)
+
+
+def import_dropped_file(
+    path: Path, *, store: StateStore, config: AgentConfig, clock: Clock
+) -> bool:
+    """Import a file found in a drop folder; True when done with it, False to offer it again.
+
+    A file is skipped without verifying when the store has seen it: committed or already
+    in force, or rejected under the same trust root and agent identity (a rejection that
+    may pass after a root rotation or a config fix is tried again then). A file larger than
+    the bundle limit is refused from its size alone, without being read.
+    """
+    now = clock.now()
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        log.warning("bundle %s cannot be read: %s", path, exc.strerror or exc)
+        return False
+    limit = config.limits.max_bundle_bytes
+    if size > limit:
+        message = f"file {path} is {size} bytes, limit is {limit}"
+        _record(
+            store,
+            ImportRecord(
+                now,
+                str(path),
+                None,
+                "rejected",
+                code=BundleErrorCode.TOO_LARGE.value,
+                message=message,
+            ),
+        )
+        log.warning("bundle %s rejected: %s", path, message)
+        return True
+    try:
+        sha = file_sha256(path, max_bytes=limit)
+        seen = store.seen_file(sha) if sha is not None else None
+        if seen is not None and (
+            seen.get("result") in ("committed", "already-in-force")
+            or seen.get("context") == _context(store.trust(), config)
+        ):
+            log.debug("bundle %s already handled (%s)", path, seen.get("result"))
+            return True
+        import_file(path, store=store, config=config, clock=clock)
+    except BundleError as exc:
+        return not exc.retryable
+    except StateError as exc:
+        return not exc.transient
+    return True
+
+
+def _context(trust: TrustState, config: AgentConfig) -> str:
+    """What a rejection depended on besides the file: the trust root and who this agent is."""
+    labels = ",".join(f"{k}={v}" for k, v in sorted(config.labels.items()))
+    return f"root-v{trust.root.root.version}/{config.cluster_id}/{labels}"
 
 
 def _drain_hash(source: BundleInput) -> str | None:
@@ -174,7 +240,7 @@ def _open(path: Path) -> BinaryIO:
         ) from None
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a whole file, read in 1 MiB chunks."""
+def file_sha256(path: Path, *, max_bytes: int) -> str | None:
+    """SHA-256 of a whole file, or None if it is larger than ``max_bytes``."""
     with _open(path) as handle:
-        return BundleInput(handle, kind="bundle", location=str(path)).sha256()
+        return BundleInput(handle, kind="bundle", location=str(path), max_bytes=max_bytes).sha256()

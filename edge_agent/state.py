@@ -21,12 +21,17 @@ Keys and what they hold (all JSON):
     root_history        every root version accepted, oldest first
     policy/current      the policy in force (manifests, settings, source)
     policy/previous     the policy it replaced
+    summary/current     a small summary of policy/current (what status shows, artifact list)
+    summary/previous    the same for policy/previous
     imports             the newest MAX_IMPORTS import attempts, newest last
     seen_files          SHA-256 of bundle files already handled, with their result
 
 Committing a verified bundle is one SQLite transaction; artifacts are placed (fsynced,
 renamed) before it, so after ``kill -9`` at any point the store holds the old policy or
-the new one, never a mix, and every artifact the policy names exists.
+the new one, never a mix, and every artifact the policy names exists. Placing artifacts,
+the commit and collecting unreferenced artifacts happen under an exclusive lock
+(``store/commit.lock``), so concurrent importers cannot collect each other's artifacts.
+Staging folders left by a killed import are removed the next time the store is opened.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -50,11 +57,12 @@ import diskcache
 
 from edge_agent.bundle.envelope import parse_envelope
 from edge_agent.bundle.model import parse_root
-from edge_agent.bundle.trust import TrustedRoot, TrustState, load_initial_root
+from edge_agent.bundle.trust import TrustedRoot, TrustState, initial_trust, load_initial_root
 from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.clock import format_time, parse_time
 from edge_agent.errors import (
     BundleError,
+    StateConflictError,
     StateCorruptError,
     StateError,
     StateSchemaError,
@@ -67,7 +75,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MAX_IMPORTS = 200
 MAX_SEEN_FILES = 2000
-_ROOT_MAX_BYTES = 1 << 20
+ROOT_MAX_BYTES = 1 << 20
 
 #: diskcache settings that make it a store of record; checked by the tests.
 STORE_SETTINGS: Mapping[str, Any] = {
@@ -86,6 +94,8 @@ _K_TRUST = "trust"
 _K_ROOTS = "root_history"
 _K_CURRENT = "policy/current"
 _K_PREVIOUS = "policy/previous"
+_K_SUMMARY = "summary/current"
+_K_SUMMARY_PREVIOUS = "summary/previous"
 _K_IMPORTS = "imports"
 _K_SEEN = "seen_files"
 
@@ -120,6 +130,7 @@ class ImportRecord:
     bundle_id: str | None = None
     code: str | None = None
     message: str | None = None
+    context: str | None = None  # trust root and identity a rejection depended on
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +142,7 @@ class ImportRecord:
             "bundle_id": self.bundle_id,
             "code": self.code,
             "message": self.message,
+            "context": self.context,
         }
 
 
@@ -171,12 +183,20 @@ class StateStore:
     def open(
         cls, state_dir: Path, *, snapshot_path: Path | None = None, timeout_s: float = 30.0
     ) -> StateStore:
-        """Open (creating if needed) the store; raise StateError if it cannot be used."""
+        """Open (creating if needed) the store; raise StateError if it cannot be used.
+
+        Only the agent's own user (or root) can open it: the store is private. Others read
+        the world-readable snapshot (``status``).
+        """
         try:
-            state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if not state_dir.exists():
+                state_dir.mkdir(mode=0o755, parents=True)
+                os.chmod(state_dir, 0o755)  # noqa: S103 - not masked by umask: status.json is public
             for private in ("store", "artifacts", "staging"):
-                (state_dir / private).mkdir(mode=0o700, exist_ok=True)
-                os.chmod(state_dir / private, 0o700)
+                folder = state_dir / private
+                folder.mkdir(mode=0o700, exist_ok=True)
+                if stat.S_IMODE(folder.stat().st_mode) != 0o700:
+                    os.chmod(folder, 0o700)
         except OSError as exc:
             raise StateWriteError(f"state directory {state_dir}: {exc.strerror or exc}") from None
         try:
@@ -190,6 +210,7 @@ class StateStore:
             raise _classify(exc, f"state store {state_dir / 'store'}") from None
         store = cls(state_dir, cache, snapshot_path)
         store._check_schema()
+        store._remove_abandoned_staging()
         return store
 
     def close(self) -> None:
@@ -223,8 +244,8 @@ class StateStore:
         """Trust the provisioned root if no root is trusted yet; otherwise do nothing."""
         if self.is_provisioned():
             return
-        trusted = load_initial_root(initial_root, max_bytes=_ROOT_MAX_BYTES)
-        state = TrustState(trusted, frozenset(), None, None, None)
+        trusted = load_initial_root(initial_root, max_bytes=ROOT_MAX_BYTES)
+        state = initial_trust(trusted)
         with self._write("provisioning the trust root"), self._cache.transact():
             if self._cache.get(_K_TRUST) is None:
                 self._cache.set(_K_TRUST, _trust_to_json(state))
@@ -252,7 +273,6 @@ class StateStore:
         concurrent import), or StateWriteError if the disk refuses; either way the previous
         policy stays in force.
         """
-        self._place_artifacts(bundle, staging)
         record = ImportRecord(
             now,
             source.location,
@@ -261,23 +281,36 @@ class StateStore:
             bundle.metadata.revision,
             bundle.metadata.bundle_id,
         )
-        with self._write(f"committing revision {bundle.metadata.revision}"), self._cache.transact():
-            if self._cache.get(_K_TRUST) != _trust_to_json(bundle.based_on):
-                raise StateError(
-                    "the policy in force changed while this bundle was verified; import it again"
-                )
-            previous = self._cache.get(_K_CURRENT)
-            if previous is not None:
-                self._cache.set(_K_PREVIOUS, previous)
-            self._cache.set(_K_CURRENT, _policy_to_json(bundle, source))
-            self._cache.set(_K_TRUST, _trust_to_json(bundle.trust))
-            if bundle.new_roots:
-                history = list(self._cache.get(_K_ROOTS) or [])
-                history.extend(_root_entry(r, now) for r in bundle.new_roots)
-                self._cache.set(_K_ROOTS, history)
-            self._append_import(record)
-            self._mark_seen(source.file_sha256, record)
-        self._collect_artifacts()
+        policy = _policy_to_json(bundle, source)
+        # One writer at a time from placing artifacts to collecting the unreferenced ones,
+        # so a concurrent import can never have its blob collected before it commits.
+        with self._commit_lock():
+            self._place_artifacts(bundle, staging)
+            with (
+                self._write(f"committing revision {bundle.metadata.revision}"),
+                self._cache.transact(),
+            ):
+                if self._cache.get(_K_TRUST) != _trust_to_json(bundle.based_on):
+                    raise StateConflictError(
+                        "the policy in force changed while this bundle was verified; import it again"
+                    )
+                for key, previous_key in (
+                    (_K_CURRENT, _K_PREVIOUS),
+                    (_K_SUMMARY, _K_SUMMARY_PREVIOUS),
+                ):
+                    previous = self._cache.get(key)
+                    if previous is not None:
+                        self._cache.set(previous_key, previous)
+                self._cache.set(_K_CURRENT, policy)
+                self._cache.set(_K_SUMMARY, _policy_summary(policy))
+                self._cache.set(_K_TRUST, _trust_to_json(bundle.trust))
+                if bundle.new_roots:
+                    history = list(self._cache.get(_K_ROOTS) or [])
+                    history.extend(_root_entry(r, now) for r in bundle.new_roots)
+                    self._cache.set(_K_ROOTS, history)
+                self._append_import(record)
+                self._mark_seen(source.file_sha256, record)
+            self._collect_artifacts()
         self.write_snapshot()
 
     def record_import(self, record: ImportRecord) -> None:
@@ -317,14 +350,14 @@ class StateStore:
     # -- status snapshot -----------------------------------------------------------------
     def view(self) -> dict[str, Any]:
         """Everything ``status`` shows, as plain JSON (no manifests, no key material)."""
-        policy = self.current_policy()
-        previous = self.previous_policy()
+        policy = self._get(_K_SUMMARY)
+        previous = self._get(_K_SUMMARY_PREVIOUS)
         trust_raw = self._get(_K_TRUST)
         trust = _trust_from_json(trust_raw, self.state_dir) if trust_raw else None
         return {
             "schema_version": SCHEMA_VERSION,
-            "policy": _policy_summary(policy) if policy else None,
-            "previous_policy": _policy_summary(previous) if previous else None,
+            "policy": policy,
+            "previous_policy": previous,
             "trust": _trust_summary(trust) if trust else None,
             "imports": self.imports()[-20:],
         }
@@ -373,6 +406,7 @@ class StateStore:
             "at": format_time(record.at),
             "result": record.result,
             "code": record.code,
+            "context": record.context,
         }
         while len(seen) > MAX_SEEN_FILES:
             seen.pop(next(iter(seen)))
@@ -393,13 +427,34 @@ class StateStore:
 
     def _collect_artifacts(self) -> None:
         keep: set[str] = set()
-        for policy in (self.current_policy(), self.previous_policy()):
-            if policy:
-                keep.update(a["sha256"] for a in policy.get("artifacts", []))
+        for summary in (self._get(_K_SUMMARY), self._get(_K_SUMMARY_PREVIOUS)):
+            if summary:
+                keep.update(a["sha256"] for a in summary.get("artifacts", []))
         for blob in self._artifacts.iterdir():
             if blob.name not in keep:
                 with contextlib.suppress(OSError):
                     blob.unlink()
+
+    @contextlib.contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        try:
+            fd = os.open(self.state_dir / "store" / "commit.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateWriteError(
+                f"state store {self.state_dir}: commit lock: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _remove_abandoned_staging(self) -> None:
+        """Remove staging folders of imports whose process is gone (killed mid-import)."""
+        for folder in (self.state_dir / "staging").glob("import-*"):
+            pid = folder.name.split("-")[1]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -408,7 +463,7 @@ class StateStore:
 @contextlib.contextmanager
 def _staging(parent: Path) -> Iterator[Staging]:
     try:
-        folder = Path(tempfile.mkdtemp(prefix="import-", dir=parent))
+        folder = Path(tempfile.mkdtemp(prefix=f"import-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise StateWriteError(
             f"cannot create a staging folder in {parent}: {exc.strerror or exc}"
@@ -419,6 +474,16 @@ def _staging(parent: Path) -> Iterator[Staging]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _classify(exc: sqlite3.DatabaseError, what: str) -> StateError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and (
@@ -426,7 +491,10 @@ def _classify(exc: sqlite3.DatabaseError, what: str) -> StateError:
     ):
         return StateWriteError(f"{what}: {text}")
     if "malformed" in text or "not a database" in text or "corrupt" in text:
-        return StateCorruptError(f"{what}: {text}; move the store aside to re-provision")
+        return StateCorruptError(
+            f"{what}: {text}; move the store aside and provision the newest root.json to start "
+            "again (rollback protection, revoked keys and trusted time restart from that root)"
+        )
     return StateError(f"{what}: {text}")
 
 
@@ -456,8 +524,8 @@ def _trust_to_json(state: TrustState) -> dict[str, Any]:
 def _trust_from_json(raw: Any, state_dir: Path) -> TrustState:
     try:
         envelope_bytes = base64.b64decode(raw["root_envelope"], validate=True)
-        envelope = parse_envelope(envelope_bytes, what="stored root", max_bytes=_ROOT_MAX_BYTES)
-        root = parse_root(envelope.payload, max_bytes=_ROOT_MAX_BYTES)
+        envelope = parse_envelope(envelope_bytes, what="stored root", max_bytes=ROOT_MAX_BYTES)
+        root = parse_root(envelope.payload, max_bytes=ROOT_MAX_BYTES)
         high_water = raw["time_high_water"]
         return TrustState(
             root=TrustedRoot(root, envelope_bytes),
@@ -519,7 +587,7 @@ def _policy_summary(policy: Mapping[str, Any]) -> dict[str, Any]:
             for layer in policy["layers"]
         ],
         "artifacts": [
-            {"path": a["path"], "kind": a["kind"], "length": a["length"]}
+            {"path": a["path"], "kind": a["kind"], "length": a["length"], "sha256": a["sha256"]}
             for a in policy["artifacts"]
         ],
         "source": policy["source"],

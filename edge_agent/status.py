@@ -1,16 +1,19 @@
 """What ``edge-agent status`` says: a verdict and a report, from a state view.
 
 ``assess`` turns the state view (``StateStore.view()`` or the world-readable snapshot,
-both the same JSON) into a verdict with a monitoring-friendly exit code; ``render`` writes
-the report for a person. Pure: dicts in, text out. The JSON form is the view itself plus
+both the same JSON) and the site time into a verdict with a monitoring-friendly exit code;
+``render`` writes the report for a person. Pure: dicts and a time in, text out. The JSON form is the view itself plus
 the verdict and the agent identity: keys are only ever added, never renamed.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Mapping
 from typing import Any
+
+from edge_agent.clock import format_time, parse_time
 
 
 class Verdict(enum.Enum):
@@ -22,38 +25,69 @@ class Verdict(enum.Enum):
     NOT_INITIALISED = 3
 
 
-def assess(view: Mapping[str, Any]) -> tuple[Verdict, str]:
-    """The verdict and its one-line reason."""
-    if view.get("trust") is None:
+#: Rejections that say nothing is wrong with the site: an older bundle still on the stick,
+#: another site's bundle on a shared stick. They are listed, but do not degrade the verdict.
+BENIGN_CODES = frozenset({"rollback", "wrong-target"})
+ROOT_EXPIRY_WARNING = dt.timedelta(days=30)
+
+
+def assess(view: Mapping[str, Any], now: dt.datetime) -> tuple[Verdict, str]:
+    """The verdict and its one-line reason, at site time ``now``."""
+    trust = view.get("trust")
+    if trust is None:
         return Verdict.NOT_INITIALISED, "no trusted root yet (the agent has not been provisioned)"
+    root_expires = parse_time(trust["root_expires_at"])
     policy = view.get("policy")
-    imports = view.get("imports") or []
-    last = imports[-1] if imports else None
     if policy is None:
-        if last and last["result"] in ("rejected", "failed"):
-            return Verdict.NOT_INITIALISED, f"no policy in force; last import {last['result']}"
         return Verdict.NOT_INITIALISED, "no policy in force yet (import a bundle)"
-    if last and last["result"] in ("rejected", "failed"):
+    in_force = f"revision {policy['revision']} in force"
+    if root_expires <= now:
+        return (
+            Verdict.FAILING,
+            f"{in_force}, but trust root version {trust['root_version']} expired at "
+            f"{trust['root_expires_at']}: no new bundle is accepted until one carries a newer root",
+        )
+    problem = _last_problem(view.get("imports") or [])
+    if problem is not None:
+        return Verdict.DEGRADED, f"{in_force}; {problem}"
+    if root_expires - now <= ROOT_EXPIRY_WARNING:
         return (
             Verdict.DEGRADED,
-            f"revision {policy['revision']} in force; last import {last['result']}: {last.get('code') or ''}".rstrip(
-                ": "
-            ),
+            f"{in_force}; trust root version {trust['root_version']} expires at "
+            f"{trust['root_expires_at']}: deliver a rotated root soon",
         )
-    return Verdict.HEALTHY, f"revision {policy['revision']} in force"
+    return Verdict.HEALTHY, in_force
+
+
+def _last_problem(imports: list[Mapping[str, Any]]) -> str | None:
+    """The newest failed or suspicious import since the last successful one, if any."""
+    for entry in reversed(imports):
+        if entry["result"] in ("committed", "already-in-force"):
+            return None
+        if entry["result"] == "failed":
+            return f"an import failed at {entry['at']}"
+        if entry["result"] == "rejected" and entry.get("code") not in BENIGN_CODES:
+            return f"a bundle was rejected at {entry['at']}: {entry.get('code')}"
+    return None
 
 
 def report(
-    view: Mapping[str, Any], *, cluster_id: str, labels: Mapping[str, str], source: str
+    view: Mapping[str, Any],
+    *,
+    cluster_id: str,
+    labels: Mapping[str, str],
+    source: str,
+    now: dt.datetime,
 ) -> dict[str, Any]:
     """The stable JSON document of ``status --json``."""
-    verdict, reason = assess(view)
+    verdict, reason = assess(view, now)
     return {
         "verdict": verdict.name.lower().replace("_", "-"),
         "reason": reason,
         "cluster_id": cluster_id,
         "labels": dict(labels),
         "read_from": source,
+        "checked_at": format_time(now),
         **dict(view),
     }
 

@@ -8,7 +8,8 @@ be a mapping with string ``apiVersion``, ``kind`` and ``metadata.name``. On top 
 * merge keys (``<<``), duplicate keys and non-string keys;
 * recursive aliases, more than ``max_aliases`` aliases, and documents whose alias-expanded
   size exceeds ``max_nodes`` nodes (the "billion laughs" shape);
-* nesting deeper than ``max_depth``.
+* nesting deeper than ``max_depth``;
+* integers outside the 64-bit range and ``.inf``/``.nan`` (Kubernetes holds neither).
 
 YAML 1.1 timestamps stay strings, as the Kubernetes API server would see them.
 Pure: bytes in, plain Python values out. Raises ``BundleError(YAML_INVALID)``.
@@ -161,6 +162,7 @@ def load_manifests(data: bytes, *, path: str, limits: YamlLimits) -> tuple[dict[
             value = loader.construct_document(node)
             if value is None:
                 continue
+            _check_numbers(value, 0)
             documents.append(_check_object(value))
     except _Refusal as exc:
         raise BundleError(Code.YAML_INVALID, f"manifest {path!r}: {exc}") from None
@@ -183,6 +185,27 @@ def load_manifests(data: bytes, *, path: str, limits: YamlLimits) -> tuple[dict[
         if loader is not None:
             loader.dispose()
     return tuple(documents)
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _check_numbers(value: Any, depth: int) -> None:
+    """Numbers must be what Kubernetes (and JSON) can hold: int64 integers, finite floats."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if value not in _INT64:
+            raise _Refusal("an integer is outside the 64-bit range Kubernetes accepts")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Refusal("a number is infinite or not a number (.inf/.nan)")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item, depth + 1)
 
 
 def _check_object(value: Any) -> dict[str, Any]:

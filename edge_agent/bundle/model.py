@@ -124,6 +124,10 @@ class BundleMetadata:
     artifacts: tuple[ArtifactSpec, ...]
     files: Mapping[str, FileEntry]
 
+    def manifest_paths(self) -> frozenset[str]:
+        """The payload paths that are manifests (all others are artifacts)."""
+        return frozenset(p for layer in self.layers for p in layer.manifests)
+
 
 ARTIFACT_KINDS = frozenset({"image-archive", "file"})
 

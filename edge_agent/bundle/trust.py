@@ -66,6 +66,11 @@ def load_initial_root(envelope_bytes: bytes, *, max_bytes: int) -> TrustedRoot:
     return TrustedRoot(root, envelope_bytes)
 
 
+def initial_trust(root: TrustedRoot) -> TrustState:
+    """The trust state of a freshly provisioned site: this root, nothing else yet."""
+    return TrustState(root, frozenset(), None, None, None)
+
+
 def advance_root(
     state: TrustState, envelope_bytes: bytes, *, claimed_version: int, max_bytes: int
 ) -> TrustState:

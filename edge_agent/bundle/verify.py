@@ -254,7 +254,7 @@ def _check_metadata(
                 Code.REVISION_CONFLICT,
                 f"revision {metadata.revision} is already in force with different content",
             )
-    manifest_paths = {p for layer in metadata.layers for p in layer.manifests}
+    manifest_paths = metadata.manifest_paths()
     for path, entry in metadata.files.items():
         limit = limits.max_manifest_bytes if path in manifest_paths else limits.max_file_bytes
         if entry.length > limit:
@@ -271,7 +271,7 @@ def _check_payload(
     limits: Limits,
     sink: ArtifactSink,
 ) -> tuple[tuple[Layer, ...], tuple[Artifact, ...]]:
-    manifest_paths = {p for layer in metadata.layers for p in layer.manifests}
+    manifest_paths = metadata.manifest_paths()
     artifact_kinds = {a.path: a.kind for a in metadata.artifacts}
     parsed: dict[str, Manifest] = {}
     staged: dict[str, Artifact] = {}

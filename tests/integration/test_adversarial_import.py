@@ -48,7 +48,12 @@ def _import(scenario: Scenario, tmp_path: Path) -> tuple[StateStore, Exception |
     )
     store = StateStore.open(config.state_dir, snapshot_path=config.status_snapshot)
     store.provision(scenario.trust.root.envelope, now=scenario.now)
-    source = BundleInput(io.BytesIO(scenario.archive), kind="bundle", location="usb/hostile.bundle")
+    source = BundleInput(
+        io.BytesIO(scenario.archive),
+        kind="bundle",
+        location="usb/hostile.bundle",
+        max_bytes=scenario.limits.max_bundle_bytes,
+    )
     try:
         verify_and_commit(source, store=store, config=config, clock=FakeClock(scenario.now))
     except BundleError as exc:

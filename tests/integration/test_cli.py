@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -77,7 +78,35 @@ def test_rejected_import_exits_1_with_one_line_and_json(site: Site, make_bundle)
     as_json = site.run("import", "--json", str(older))
     assert json.loads(as_json.stdout)["code"] == "rollback"
     status = json.loads(site.run("status", "--json").stdout)
-    assert status["policy"]["revision"] == 5 and status["verdict"] == "degraded"
+    # An older bundle left on a stick is no reason for alarm...
+    assert status["policy"]["revision"] == 5 and status["verdict"] == "healthy"
+    tampered = bytearray(make_bundle(6).read_bytes())
+    tampered[tampered.index(b"Hello from the edge")] ^= 0x01
+    (site.root / "tampered.bundle").write_bytes(bytes(tampered))
+    assert site.run("import", str(site.root / "tampered.bundle")).returncode == 1
+    # ...a tampered one is.
+    status = json.loads(site.run("status", "--json").stdout)
+    assert status["verdict"] == "degraded" and "hash-mismatch" in status["reason"]
+    assert site.run("status").returncode == 1
+
+
+def test_status_fails_when_the_trust_root_has_expired(tmp_path: Path, make_bundle) -> None:
+    from edge_agent.importer import import_file
+    from mgmt_stub.keys import KeyDirectory
+    from tests.conftest import NOW, FakeClock
+
+    then = NOW - dt.timedelta(days=100)
+    short = KeyDirectory(tmp_path / "short-keys")
+    short.init(now=NOW - dt.timedelta(days=400), expires_days=365)  # expired 35 days before NOW
+    site = make_site(tmp_path / "short-site", short)
+    with site.open_store() as store:  # imported back when the root was still valid
+        store.provision(site.config.initial_root.read_bytes(), now=then)
+        bundle = make_bundle(1, key_dir=short, now=then - dt.timedelta(hours=1))
+        import_file(bundle, store=store, config=site.config, clock=FakeClock(then))
+    result = site.run("status", "--json")  # today, on the real clock
+    doc = json.loads(result.stdout)
+    assert result.returncode == 2 and doc["verdict"] == "failing", doc["reason"]
+    assert "expired" in doc["reason"] and doc["policy"]["revision"] == 1
 
 
 def test_missing_file_is_a_clear_rejection(site: Site) -> None:
@@ -105,6 +134,7 @@ def test_missing_file_is_a_clear_rejection(site: Site) -> None:
         ),
         ("cluster_id: [unclosed\n", "not valid YAML at line"),
         ("- just\n- a list\n", "expected a mapping at the top level"),
+        ("cluster_id: a\ncluster_id: b\npaths: {initial_root: r.json}\n", "key 'cluster_id' is given twice"),
     ],
 )
 def test_broken_config_is_one_line_exit_2(tmp_path: Path, config: str, message: str) -> None:
@@ -134,8 +164,10 @@ def test_tampered_initial_root_is_refused(site: Site, make_bundle) -> None:
     root = json.loads(site.config.initial_root.read_text())
     root["signatures"][0]["sig"] = root["signatures"][0]["sig"][::-1]
     site.config.initial_root.write_text(json.dumps(root))
-    result = site.run("import", str(make_bundle(1)))
-    assert result.returncode == 1 and "initial root" in result.stderr
+    result = site.run("import", "--json", str(make_bundle(1)))
+    # A bad trust anchor is a provisioning (configuration) problem, not a rejected bundle.
+    assert result.returncode == 2 and "initial root" in result.stderr
+    assert json.loads(result.stdout)["result"] == "config-error"
 
 
 def _interpreter_for(user: str) -> list[str] | None:

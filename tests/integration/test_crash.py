@@ -75,6 +75,8 @@ def test_sigkill_at_random_moments_never_tears_the_store(
         assert process.returncode == -signal.SIGKILL, f"round {round_no}: child exited on its own"
         with StateStore.open(site.config.state_dir) as store:
             now_in_force = _check_whole_policy(store)
+            leftovers = list((store.state_dir / "staging").iterdir())
+            assert leftovers == [], f"staging of the killed import not cleaned: {leftovers}"
         assert now_in_force >= revision, "a committed revision was lost"
         killed_while_committing += now_in_force > int(first.split()[1])
         revision = now_in_force

@@ -60,7 +60,7 @@ def test_values_are_json_inside_sqlite_never_pickles_or_side_files(
         assert filename is None, f"value of {key!r} spilled to a separate file"
         json.loads(zlib.decompress(value))  # JSON, not pickle: this raises on anything else
     files = {p.name for p in (store.state_dir / "store").iterdir()}
-    assert files <= {"cache.db", "cache.db-wal", "cache.db-shm"}, files
+    assert files <= {"cache.db", "cache.db-wal", "cache.db-shm", "commit.lock"}, files
 
 
 def test_large_policy_stays_inside_sqlite(
@@ -292,3 +292,49 @@ def test_full_disk_during_the_sqlite_commit_keeps_the_policy(
     with site.open_store() as reopened:
         assert reopened.current_policy()["revision"] == 1
         assert reopened.trust().revision == 1
+
+
+def test_dropped_file_rejected_for_a_site_reason_is_retried_after_the_fix(
+    tmp_path: Path, keys, make_bundle, clock
+) -> None:
+    from edge_agent.importer import import_dropped_file
+    from tests.conftest import make_site
+
+    bundle = make_bundle(1, target={"labels": {"region": "us"}})
+    wrong = make_site(tmp_path / "a", keys)  # labels region=eu: the bundle is not for it
+    with wrong.open_store() as store:
+        store.provision(wrong.config.initial_root.read_bytes(), now=clock.now())
+        assert import_dropped_file(bundle, store=store, config=wrong.config, clock=clock) is True
+        assert store.imports()[-1]["code"] == "wrong-target"
+        # Offered again unchanged (a rescan after restart): skipped without a new record.
+        assert import_dropped_file(bundle, store=store, config=wrong.config, clock=clock) is True
+        assert len(store.imports()) == 1
+    fixed = make_site(tmp_path / "a", keys, extra="")  # same state, labels fixed below
+    fixed.config_path.write_text(fixed.config_path.read_text().replace("region: eu", "region: us"))
+    from edge_agent.config import load_config
+
+    config = load_config(fixed.config_path)
+    with fixed.open_store() as store:
+        assert import_dropped_file(bundle, store=store, config=config, clock=clock) is True
+        assert store.current_policy()["revision"] == 1
+
+
+def test_a_dropped_file_over_the_limit_is_refused_unread(
+    tmp_path: Path, site: Site, store, clock
+) -> None:
+    import dataclasses
+
+    from edge_agent.importer import import_dropped_file
+
+    big = tmp_path / "huge.bundle"
+    with big.open("wb") as handle:
+        handle.truncate(10 << 20)  # sparse: 10 MiB that cost nothing to make
+    config = dataclasses.replace(
+        site.config,
+        limits=dataclasses.replace(
+            site.config.limits, max_bundle_bytes=1 << 20, max_file_bytes=1 << 20
+        ),
+    )
+    assert import_dropped_file(big, store=store, config=config, clock=clock) is True
+    record = store.imports()[-1]
+    assert record["code"] == "too-large" and record["file_sha256"] is None
