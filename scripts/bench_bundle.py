@@ -41,6 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
+OTHER_SECTIONS_MARKER = "<!-- other benchmarks below: kept by --write-doc -->"
 PROFILE_SOURCE = REPO / "bundles" / "hello-web"
 BIN = Path(sys.executable).parent  # the venv's console scripts sit beside its interpreter
 GNU_TIME = Path("/usr/bin/time")
@@ -647,7 +648,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{verdict.label}] {verdict.text}")
     print(load)
     if args.write_doc:
-        DOC.write_text(document(results, found, args.repeat, load), encoding="utf-8")
+        # Sections other scripts own (after their marker) are kept as they are.
+        kept = ""
+        if DOC.exists():
+            previous = DOC.read_text(encoding="utf-8")
+            start = previous.find(OTHER_SECTIONS_MARKER)
+            kept = previous[start:] if start >= 0 else ""
+        body = document(results, found, args.repeat, load)
+        DOC.write_text(body + ("\n" + kept if kept else ""), encoding="utf-8")
         print(f"\nwrote {DOC.relative_to(REPO)}")
     return 0
 
