@@ -211,6 +211,8 @@ class StateStore:
         store = cls(state_dir, cache, snapshot_path)
         store._check_schema()
         store._remove_abandoned_staging()
+        if snapshot_path is not None and store.is_provisioned():
+            store.write_snapshot()  # a crash may have come between a commit and its snapshot
         return store
 
     def close(self) -> None:
