@@ -53,4 +53,7 @@ if "$bin/edge-agent" import "$work/usb/hello-web-r1.bundle"; then echo "replay a
 
 step "site: status (revision 2 in force, root v2, both rejections recorded)"
 "$bin/edge-agent" status || true
-"$bin/edge-agent" status --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["policy"]["revision"]==2 and d["trust"]["root_version"]==2, d; print("\nround trip OK: revision", d["policy"]["revision"], "in force under root version", d["trust"]["root_version"])'
+code=0; json=$("$bin/edge-agent" status --json) || code=$?
+# Exit 1 = degraded: correct, a tampered bundle was offered since the last good import.
+[ "$code" -eq 1 ] || { echo "status exited $code, expected 1 (degraded)"; exit 1; }
+python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["policy"]["revision"]==2 and d["trust"]["root_version"]==2, d; print("\nround trip OK: revision", d["policy"]["revision"], "in force under root version", d["trust"]["root_version"])' <<<"$json"
