@@ -40,29 +40,32 @@ def _check_whole_policy(store: StateStore) -> int:
     return int(policy["revision"])
 
 
+def start_importer(site: Site, keys, artifact_profile: Path) -> subprocess.Popen[bytes]:
+    """A child process that builds and imports ever newer revisions until it is killed."""
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("crash_child.py")),
+            str(site.config_path),
+            str(keys.path),
+            str(artifact_profile),
+            str(repo / "bundles" / "baseline"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+
+
 def test_sigkill_at_random_moments_never_tears_the_store(
     site: Site, keys, profile_with_artifact, tmp_path: Path
 ) -> None:
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
-    profile_a = profile_with_artifact(os.urandom(300_000))
-    profile_b = Path(__file__).resolve().parents[2] / "bundles" / "baseline"
-    child = Path(__file__).with_name("crash_child.py")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    profile = profile_with_artifact(os.urandom(300_000))
     revision, killed_while_committing = 0, 0
     for round_no in range(KILLS):
-        with subprocess.Popen(
-            [
-                sys.executable,
-                str(child),
-                str(site.config_path),
-                str(keys.path),
-                str(profile_a),
-                str(profile_b),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        ) as process:
+        with start_importer(site, keys, profile) as process:
             # Wait for the first commit of this run so the kill lands mid-work, not at start-up.
             assert process.stdout is not None and process.stderr is not None
             first = process.stdout.readline().decode()
@@ -89,24 +92,8 @@ def test_sigkill_at_random_moments_never_tears_the_store(
 def test_status_reads_while_another_process_imports(
     site: Site, keys, profile_with_artifact
 ) -> None:
-    profile_a = profile_with_artifact(os.urandom(50_000))
-    profile_b = Path(__file__).resolve().parents[2] / "bundles" / "baseline"
-    child = Path(__file__).with_name("crash_child.py")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     seen: list[int] = []
-    with subprocess.Popen(
-        [
-            sys.executable,
-            str(child),
-            str(site.config_path),
-            str(keys.path),
-            str(profile_a),
-            str(profile_b),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    ) as writer:
+    with start_importer(site, keys, profile_with_artifact(os.urandom(50_000))) as writer:
         assert writer.stdout is not None
         assert writer.stdout.readline().decode().startswith("committed")
         try:

@@ -189,22 +189,23 @@ def test_newer_schema_is_refused(site: Site, store: StateStore) -> None:
         site.open_store()
 
 
-def test_damaged_store_is_refused_with_a_clear_error(site: Site, store: StateStore) -> None:
+def damage(site: Site, store: StateStore) -> None:
+    """Overwrite the closed store's database with garbage."""
     store.close()
     db = site.config.state_dir / "store" / "cache.db"
     for extra in ("cache.db-wal", "cache.db-shm"):
         (db.parent / extra).unlink(missing_ok=True)
     db.write_bytes(b"this is not an sqlite database" * 200)
+
+
+def test_damaged_store_is_refused_with_a_clear_error(site: Site, store: StateStore) -> None:
+    damage(site, store)
     with pytest.raises(StateCorruptError, match="move the store aside"):
         site.open_store()
 
 
 def test_cli_reports_damaged_store_in_one_line(site: Site, store: StateStore) -> None:
-    store.close()
-    db = site.config.state_dir / "store" / "cache.db"
-    for extra in ("cache.db-wal", "cache.db-shm"):
-        (db.parent / extra).unlink(missing_ok=True)
-    db.write_bytes(b"garbage" * 1000)
+    damage(site, store)
     result = site.run("status")
     assert result.returncode == 2, result
     assert result.stderr.count("\n") == 1 and "state store" in result.stderr
