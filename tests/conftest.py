@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import freezegun
 import pytest
 
 from edge_agent.clock import UTC
@@ -23,6 +24,10 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.state import StateStore
 from mgmt_stub.builder import build_bundle
 from mgmt_stub.keys import KeyDirectory
+
+# freezegun swaps datetime in every loaded module; the kubernetes client's pydantic models
+# then fail to build their schemas. Neither is what a frozen-time test is about.
+freezegun.configure(extend_ignore_list=["kubernetes", "pydantic", "pydantic_core"])
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "bundles"
