@@ -3,6 +3,7 @@
     EdgeAgentError                  root; carries ``transient`` (worth retrying as is?)
     ├── ConfigError                 the agent configuration file is missing or wrong
     ├── BundleError                 a bundle was rejected; ``code`` says exactly why
+    ├── PolicyObjectError           the verified policy's objects cannot be enforced as a whole
     └── StateError                  the local state store cannot be used
         ├── StateCorruptError       the store exists but is damaged or unreadable
         ├── StateSchemaError        the store was written by a newer agent
@@ -91,6 +92,10 @@ class BundleError(EdgeAgentError):
     def retryable(self) -> bool:
         """True when the same file may verify later (a copy still in progress, a read error)."""
         return self.code in (BundleErrorCode.ARCHIVE_TRUNCATED, BundleErrorCode.READ_FAILED)
+
+
+class PolicyObjectError(EdgeAgentError):
+    """The policy's objects cannot be enforced as a whole (permanent: a new policy is needed)."""
 
 
 class StateError(EdgeAgentError):
