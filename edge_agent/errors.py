@@ -4,6 +4,7 @@
     ├── ConfigError                 the agent configuration file is missing or wrong
     ├── BundleError                 a bundle was rejected; ``code`` says exactly why
     ├── PolicyObjectError           the verified policy's objects cannot be enforced as a whole
+    ├── TargetUnavailableError      the enforcement target cannot be reached now (transient)
     └── StateError                  the local state store cannot be used
         ├── StateCorruptError       the store exists but is damaged or unreadable
         ├── StateSchemaError        the store was written by a newer agent
@@ -96,6 +97,12 @@ class BundleError(EdgeAgentError):
 
 class PolicyObjectError(EdgeAgentError):
     """The policy's objects cannot be enforced as a whole (permanent: a new policy is needed)."""
+
+
+class TargetUnavailableError(EdgeAgentError):
+    """The cluster API (or manifest folder) cannot be used right now; the cycle is retried."""
+
+    transient = True
 
 
 class StateError(EdgeAgentError):
