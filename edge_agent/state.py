@@ -25,6 +25,8 @@ Keys and what they hold (all JSON):
     summary/previous    the same for policy/previous
     imports             the newest MAX_IMPORTS import attempts, newest last
     seen_files          SHA-256 of bundle files already handled, with their result
+    enforce/inventory   what the agent applied to its target (what it may prune), as JSON
+    enforce/last_cycle  the newest reconcile cycle's summary (per-object results, health)
 
 Committing a verified bundle is one SQLite transaction; artifacts are placed (fsynced,
 renamed) before it, so after ``kill -9`` at any point the store holds the old policy or
@@ -98,6 +100,8 @@ _K_SUMMARY = "summary/current"
 _K_SUMMARY_PREVIOUS = "summary/previous"
 _K_IMPORTS = "imports"
 _K_SEEN = "seen_files"
+_K_INVENTORY = "enforce/inventory"
+_K_LAST_CYCLE = "enforce/last_cycle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +327,22 @@ class StateStore:
                 self._mark_seen(record.file_sha256, record)
         self.write_snapshot()
 
+    def inventory(self) -> Mapping[str, Any] | None:
+        """The enforcement inventory as stored (``Inventory.to_json()``), or None."""
+        value = self._get(_K_INVENTORY)
+        return value if isinstance(value, dict) else None
+
+    def last_cycle(self) -> Mapping[str, Any] | None:
+        value = self._get(_K_LAST_CYCLE)
+        return value if isinstance(value, dict) else None
+
+    def record_cycle(self, summary: Mapping[str, Any], inventory: Mapping[str, Any]) -> None:
+        """Keep one reconcile cycle's outcome and the inventory it leaves, atomically."""
+        with self._write("recording a reconcile cycle"), self._cache.transact():
+            self._cache.set(_K_INVENTORY, dict(inventory))
+            self._cache.set(_K_LAST_CYCLE, dict(summary))
+        self.write_snapshot()
+
     def seen_file(self, file_sha256: str) -> Mapping[str, Any] | None:
         seen = self._get(_K_SEEN) or {}
         entry = seen.get(file_sha256)
@@ -362,6 +382,7 @@ class StateStore:
             "previous_policy": previous,
             "trust": _trust_summary(trust) if trust else None,
             "imports": self.imports()[-20:],
+            "last_cycle": self.last_cycle(),
         }
 
     def write_snapshot(self) -> None:

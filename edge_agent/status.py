@@ -47,7 +47,7 @@ def assess(view: Mapping[str, Any], now: dt.datetime) -> tuple[Verdict, str]:
             f"{in_force}, but trust root version {trust['root_version']} expired at "
             f"{trust['root_expires_at']}: no new bundle is accepted until one carries a newer root",
         )
-    problem = _last_problem(view.get("imports") or [])
+    problem = _last_problem(view.get("imports") or []) or _cycle_problem(view.get("last_cycle"))
     if problem is not None:
         return Verdict.DEGRADED, f"{in_force}; {problem}"
     if root_expires - now <= ROOT_EXPIRY_WARNING:
@@ -57,6 +57,20 @@ def assess(view: Mapping[str, Any], now: dt.datetime) -> tuple[Verdict, str]:
             f"{trust['root_expires_at']}: deliver a rotated root soon",
         )
     return Verdict.HEALTHY, in_force
+
+
+def _cycle_problem(last_cycle: Mapping[str, Any] | None) -> str | None:
+    """What the newest reconcile cycle says is wrong, if anything."""
+    if not last_cycle:
+        return None
+    if last_cycle.get("error"):
+        return f"enforcement did not run at {last_cycle['finished_at']}: {last_cycle['error']}"
+    if last_cycle.get("counts", {}).get("failed"):
+        return f"enforcement: {last_cycle['line']}"
+    health = last_cycle.get("health") or {}
+    if health.get("worst") in ("degraded", "failed"):
+        return f"enforcement: {health.get('line')}"
+    return None
 
 
 def _last_problem(imports: list[Mapping[str, Any]]) -> str | None:
@@ -118,6 +132,12 @@ def render(doc: Mapping[str, Any]) -> str:
             )
     else:
         lines.append("policy       none in force")
+    last_cycle = doc.get("last_cycle")
+    if last_cycle:
+        lines.append(
+            f"enforcement  {last_cycle['target']} ({last_cycle['mode']}) at {last_cycle['finished_at']}"
+        )
+        lines.append(f"             {last_cycle['line']}")
     previous = doc.get("previous_policy")
     if previous:
         lines.append(
