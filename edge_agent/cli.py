@@ -24,7 +24,7 @@ from edge_agent.bundle.trust import initial_trust, load_initial_root
 from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import DEFAULT_PATH, AgentConfig, load_config
-from edge_agent.errors import BundleError, ConfigError, StateError
+from edge_agent.errors import BundleError, ConfigError, StateError, TargetUnavailableError
 from edge_agent.importer import import_dropped_file, import_file, verify_file
 from edge_agent.state import ROOT_MAX_BYTES, StateStore
 from edge_agent.status import Verdict, render, report
@@ -35,13 +35,16 @@ EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_STATE = 4
+EXIT_UNAVAILABLE = 5  # enforce --once: the target (cluster API, manifest folder) is unreachable
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits EX_SOFTWARE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.command == "watch" or args.verbose else logging.CRITICAL,
+        level=logging.INFO
+        if args.command == "watch" or (args.command == "enforce" and not args.once) or args.verbose
+        else logging.CRITICAL,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -55,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(config, Path(args.file), clock, as_json=args.json)
         if args.command == "import":
             return _import(config, Path(args.file), clock, as_json=args.json)
+        if args.command == "enforce":
+            return _enforce(config, clock, once=args.once, as_json=args.json)
         return _watch(config, clock)
     except ConfigError as exc:
         _fail(str(exc), as_json=as_json, result="config-error")
@@ -62,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BundleError as exc:
         _fail(f"rejected: {exc}", as_json=as_json, result="rejected", code=exc.code.value)
         return EXIT_REJECTED
+    except TargetUnavailableError as exc:
+        _fail(f"target unavailable: {exc}", as_json=as_json, result="target-unavailable")
+        return EXIT_UNAVAILABLE
     except StateError as exc:
         _fail(f"state store: {exc}", as_json=as_json, result="state-error")
         return Verdict.FAILING.value if args.command == "status" else EXIT_STATE
@@ -95,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true")
     commands.add_parser("watch", help="import bundles that appear in the configured drop folders")
+    enforce = commands.add_parser("enforce", help="keep the target on the policy in force")
+    enforce.add_argument("--once", action="store_true", help="run one reconcile cycle and exit")
+    enforce.add_argument("--json", action="store_true", help="with --once: the cycle as JSON")
     return parser
 
 
@@ -204,6 +215,29 @@ def _watch(config: AgentConfig, clock: Clock) -> int:
     finally:
         watcher.stop()
         store.close()
+    return EXIT_OK
+
+
+def _enforce(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) -> int:
+    from edge_agent.enforcer import Enforcer, build_target, run_cycle
+
+    target = build_target(config)
+    with _open_store(config, clock) as store:
+        if once:
+            summary = run_cycle(store, target, clock)
+            if summary is None:
+                _emit(
+                    {"result": "no-policy"}, as_json, "no policy in force yet; nothing to enforce"
+                )
+            else:
+                _emit(summary, as_json, summary["line"])
+            return EXIT_OK
+        enforcer = Enforcer(store, target, clock)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        log.info("enforcing onto %s", target.name)
+        enforcer.run(stop)
     return EXIT_OK
 
 

@@ -9,6 +9,11 @@ Example (every key but ``cluster_id`` and ``paths.initial_root`` has a default):
       initial_root: /etc/edge-agent/root.json   # trust anchor, used on first start only
       status_snapshot: /var/lib/edge-agent/status.json  # world-readable status copy
     drop_folders: ["/media/*/edge-bundles", "/var/lib/edge-agent/drop"]
+    target:                             # where the policy is enforced (default: auto)
+      kind: manifest-dir                # auto | kubernetes | manifest-dir
+      folder: /var/lib/rancher/k3s/server/manifests
+      layout: flat                      # flat (k3s/RKE2) | per-layer-dir (k0s)
+      # kubeconfig: /etc/edge-agent/kubeconfig   (kubernetes; default: in-cluster account)
     limits:                             # bundle limits, bytes unless named otherwise
       max_bundle_bytes: 4294967296
       max_file_bytes: 2147483648
@@ -40,6 +45,26 @@ DEFAULT_PATH = Path("/etc/edge-agent/config.yaml")
 MAX_CONFIG_BYTES = 256 * 1024
 
 
+TARGET_KINDS = ("auto", "kubernetes", "manifest-dir")
+LAYOUTS = ("flat", "per-layer-dir")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """Where the policy is enforced.
+
+    ``auto`` (the default) uses the Kubernetes API when the agent runs in a cluster (a
+    service account is mounted) or a kubeconfig is given; ``manifest-dir`` renders layers
+    into a folder an edge distribution applies by itself (k3s/RKE2/k0s) and needs no
+    credentials.
+    """
+
+    kind: str = "auto"
+    kubeconfig: Path | None = None
+    folder: Path | None = None
+    layout: str = "flat"
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     cluster_id: str
@@ -49,13 +74,15 @@ class AgentConfig:
     status_snapshot: Path
     drop_folders: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    target: TargetConfig = field(default_factory=TargetConfig)
 
     @property
     def identity(self) -> Identity:
         return Identity(self.cluster_id, self.labels)
 
 
-_TOP_KEYS = {"cluster_id", "labels", "paths", "drop_folders", "limits"}
+_TOP_KEYS = {"cluster_id", "labels", "paths", "drop_folders", "limits", "target"}
+_TARGET_KEYS = {"kind", "kubeconfig", "folder", "layout"}
 _PATH_KEYS = {"state_dir", "initial_root", "status_snapshot"}
 _LIMIT_KEYS = {
     "max_bundle_bytes",
@@ -179,6 +206,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
             f"limits.{large} ({getattr(limits, large)})"
         )
 
+    target = _target(doc.get("target", {}), where, base)
     return AgentConfig(
         cluster_id=cluster_id,
         labels=dict(labels),
@@ -187,7 +215,31 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
         status_snapshot=snapshot,
         drop_folders=tuple(folders),
         limits=limits,
+        target=target,
     )
+
+
+def _target(doc: Any, where: str, base: Path) -> TargetConfig:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config {where}: target must be a mapping")
+    _known(doc, _TARGET_KEYS, where, "target.")
+    kind = doc.get("kind", "auto")
+    if kind not in TARGET_KINDS:
+        raise ConfigError(
+            f"config {where}: target.kind must be one of {', '.join(TARGET_KINDS)}, got {kind!r}"
+        )
+    layout = doc.get("layout", "flat")
+    if layout not in LAYOUTS:
+        raise ConfigError(
+            f"config {where}: target.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}"
+        )
+    kubeconfig = (
+        _path(doc["kubeconfig"], where, "target.kubeconfig", base) if "kubeconfig" in doc else None
+    )
+    folder = _path(doc["folder"], where, "target.folder", base) if "folder" in doc else None
+    if kind == "manifest-dir" and folder is None:
+        raise ConfigError(f"config {where}: target.folder is required for target.kind manifest-dir")
+    return TargetConfig(kind=kind, kubeconfig=kubeconfig, folder=folder, layout=layout)
 
 
 def _known(doc: Mapping[str, Any], allowed: set[str], where: str, prefix: str) -> None:

@@ -1,4 +1,4 @@
-"""Run one reconcile cycle: policy in force → target → recorded outcome.
+"""Enforcement: one reconcile cycle (``run_cycle``), and the loop that repeats it (``Enforcer``).
 
 The shell around a ``Target``: it reads the policy in force and the inventory from the
 state store, asks the target to reconcile, and records the cycle summary and the new
@@ -10,15 +10,20 @@ scheduler backs off. No code path here waits on the management plane.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle.model import Mode
 from edge_agent.clock import Clock
-from edge_agent.errors import PolicyObjectError, TargetUnavailableError
+from edge_agent.config import AgentConfig
+from edge_agent.errors import ConfigError, PolicyObjectError, TargetUnavailableError
 from edge_agent.reconcile import cycle
 from edge_agent.reconcile.inventory import Inventory
 from edge_agent.reconcile.objects import desired_objects
 from edge_agent.reconcile.target import Target
+from edge_agent.scheduler import CycleScheduler
 from edge_agent.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -61,3 +66,75 @@ def run_cycle(store: StateStore, target: Target, clock: Clock) -> dict[str, Any]
     store.record_cycle(summary, report.inventory.to_json())
     log.info("reconcile: %s", summary["line"])
     return summary
+
+
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+DEFAULT_INTERVAL_S = 30.0  # before the first policy brings its own reconcile interval
+
+
+def build_target(config: AgentConfig) -> Target:
+    """The target the configuration names (``auto``: the cluster this agent runs in)."""
+    target = config.target
+    if target.kind == "manifest-dir":
+        from edge_agent.reconcile.manifest_dir import Layout, ManifestDirTarget
+
+        assert target.folder is not None  # checked by the config
+        return ManifestDirTarget(target.folder, layout=Layout(target.layout))
+    from edge_agent.reconcile.kube_target import KubeTarget
+
+    if target.kubeconfig is not None:
+        return KubeTarget.from_kubeconfig(str(target.kubeconfig))
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.exists():
+        return KubeTarget.from_in_cluster()
+    raise ConfigError(
+        "no enforcement target: not running in a cluster and target.kubeconfig is not set; "
+        "configure target.kind manifest-dir (with target.folder) or target.kubeconfig"
+    )
+
+
+class Enforcer:
+    """Keeps the target on the policy in force: periodic cycles, and one at once when the
+    policy in force changes or the target reports a change behind the agent's back."""
+
+    def __init__(self, store: StateStore, target: Target, clock: Clock, *, poll_s: float = 2.0):
+        self._store = store
+        self._target = target
+        self._clock = clock
+        self._poll_s = poll_s
+        self._lock = threading.Lock()  # the store handle is shared with the poll loop
+        self._scheduler = CycleScheduler(
+            self._cycle, interval_s=DEFAULT_INTERVAL_S, jitter_s=DEFAULT_INTERVAL_S / 10
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: schedule cycles, watch for new policies and tampering."""
+        watcher = None
+        watch = getattr(self._target, "watch", None)
+        if callable(watch):
+            watcher = watch(self._scheduler.trigger_now)
+        seen = self._revision()
+        self._scheduler.start()
+        try:
+            while not stop.wait(self._poll_s):
+                revision = self._revision()
+                if revision != seen:
+                    log.info("policy revision %s is now in force; reconciling now", revision)
+                    seen = revision
+                    self._scheduler.trigger_now()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            self._scheduler.shutdown()
+
+    def _revision(self) -> int | None:
+        with self._lock:
+            policy = self._store.current_policy()
+        return None if policy is None else int(policy["revision"])
+
+    def _cycle(self) -> None:
+        with self._lock:
+            run_cycle(self._store, self._target, self._clock)  # records its own outcome
+            policy = self._store.current_policy()
+        if policy is not None:
+            interval = float(policy["settings"]["reconcile_interval_s"])
+            self._scheduler.set_interval(interval, jitter_s=interval / 10)
