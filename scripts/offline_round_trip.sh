@@ -22,7 +22,9 @@ paths:
   state_dir: $work/site/state
   initial_root: $work/site/root.json
 drop_folders: ["$work/usb"]
+target: {kind: manifest-dir, folder: "$work/k3s-manifests"}
 CFG
+mkdir -p "$work/k3s-manifests"
 export EDGE_AGENT_CONFIG=$work/site/config.yaml
 "$bin/edge-agent" status || echo "(exit $? = not initialised, as expected)"
 
@@ -34,12 +36,18 @@ step "site: verify (no side effects), then import"
 "$bin/edge-agent" verify "$work/usb/hello-web-r1.bundle"
 "$bin/edge-agent" import "$work/usb/hello-web-r1.bundle"
 
+step "site: enforce the policy in force onto the manifest folder (as k3s would auto-apply it)"
+"$bin/edge-agent" enforce --once
+ls "$work/k3s-manifests"
+
 step "management: rotate the root (new policy key, old one revoked) and build revision 2"
 old_policy=$("$bin/mgmt-stub" keys show --keys "$work/keys" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["policy_keys"][0])')
 "$bin/mgmt-stub" keys rotate --keys "$work/keys" --new-policy-key --revoke "$old_policy"
 "$bin/mgmt-stub" bundle build --profile "$here/bundles/baseline" --target region=eu,tier=edge \
   --revision 2 --keys "$work/keys" -o "$work/usb/baseline-r2.bundle" --gzip
 "$bin/edge-agent" import "$work/usb/baseline-r2.bundle"
+"$bin/edge-agent" enforce --once   # revision 2 replaces hello-web's files with the baseline
+ls "$work/k3s-manifests"
 
 step "attacks: a tampered copy and a replay of revision 1 are rejected"
 python3 - "$work/usb/baseline-r2.bundle" "$work/tampered.bundle" <<'PY'
