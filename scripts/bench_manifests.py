@@ -88,7 +88,9 @@ object. No baseline exists in the same run; the figures are absolute, from the
 
 {table}
 """
-    doc.write_text(head + section, encoding="utf-8")
+    later = "<!-- bench_reconcile:begin -->"  # sections of other scripts after this one stay
+    kept = "\n" + text[text.index(later) :] if later in text else ""
+    doc.write_text(head + section + kept, encoding="utf-8")
 
 
 if __name__ == "__main__":
