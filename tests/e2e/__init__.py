@@ -1,0 +1,1 @@
+"""End-to-end tests against a real cluster; opt-in through ``EDGE_AGENT_E2E_KUBECONFIG``."""
