@@ -102,20 +102,20 @@ class Enforcer:
         self._clock = clock
         self._poll_s = poll_s
         self._lock = threading.Lock()  # the store handle is shared with the poll loop
+        self._watch_warned = False
         self._scheduler = CycleScheduler(
             self._cycle, interval_s=DEFAULT_INTERVAL_S, jitter_s=DEFAULT_INTERVAL_S / 10
         )
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set: schedule cycles, watch for new policies and tampering."""
-        watcher = None
-        watch = getattr(self._target, "watch", None)
-        if callable(watch):
-            watcher = watch(self._scheduler.trigger_now)
+        watcher = self._start_watch()
         seen = self._revision()
         self._scheduler.start()
         try:
             while not stop.wait(self._poll_s):
+                if watcher is None:
+                    watcher = self._start_watch()  # e.g. k3s created its manifest folder by now
                 revision = self._revision()
                 if revision != seen:
                     log.info("policy revision %s is now in force; reconciling now", revision)
@@ -125,6 +125,19 @@ class Enforcer:
             if watcher is not None:
                 watcher.stop()
             self._scheduler.shutdown()
+
+    def _start_watch(self) -> Any:
+        """The target's change watcher, if it has one and it can start now; else None."""
+        watch = getattr(self._target, "watch", None)
+        if not callable(watch):
+            return None
+        try:
+            return watch(self._scheduler.trigger_now)
+        except TargetUnavailableError as exc:
+            if not self._watch_warned:
+                log.warning("not watching the target yet (retrying): %s", exc)
+                self._watch_warned = True
+            return None
 
     def _revision(self) -> int | None:
         with self._lock:

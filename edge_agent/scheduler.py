@@ -75,10 +75,13 @@ class CycleScheduler:
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._guard_interval_s = guard_interval_s
-        self._running = threading.Lock()
-        self._state = threading.Lock()  # guards the counters below
+        # Lock order: _state, then APScheduler's job-store lock; the scheduler thread takes
+        # its job-store lock, then _counters (through the trigger). Never _state from there.
+        self._state = threading.Lock()  # guards _in_cycle and _rerun_requested
+        self._counters = threading.Lock()  # guards _failures and _completed
         self._failures = 0
         self._completed = 0
+        self._in_cycle = False
         self._rerun_requested = False
         self._stopped = threading.Event()
         self._guard: threading.Thread | None = None
@@ -119,11 +122,11 @@ class CycleScheduler:
         """Run a cycle as soon as possible (after the running one, if any)."""
         if self._stopped.is_set():
             return
-        if self._running.locked():
-            with self._state:
+        with self._state:  # decided and acted on atomically with the end of a cycle
+            if self._in_cycle:
                 self._rerun_requested = True
-            return
-        self._reschedule(self._now())
+                return
+            self._reschedule(self._now())
 
     def set_interval(self, interval_s: float, jitter_s: float | None = None) -> None:
         """New interval (a new policy may carry one); applies from the next scheduling."""
@@ -162,12 +165,12 @@ class CycleScheduler:
     @property
     def cycles_completed(self) -> int:
         """Cycles finished (successful or not) and rescheduled since start."""
-        with self._state:
+        with self._counters:
             return self._completed
 
     @property
     def consecutive_failures(self) -> int:
-        with self._state:
+        with self._counters:
             return self._failures
 
     # -- internals ---------------------------------------------------------------------------
@@ -175,37 +178,39 @@ class CycleScheduler:
         return dt.datetime.now(dt.UTC)
 
     def _next_delay_s(self) -> float:
-        with self._state:
+        with self._counters:
             failures = self._failures
         if failures:
             return self._backoff.delay_s(failures, self._rng.random())
         return self._interval_s + self._rng.random() * self._jitter_s
 
     def _run(self) -> None:
-        if not self._running.acquire(blocking=False):
-            with self._state:  # never two cycles at once, whoever called: run it next instead
+        with self._state:
+            if self._in_cycle:  # never two cycles at once, whoever called: run it next instead
                 self._rerun_requested = True
-            return
+                return
+            self._in_cycle = True
         try:
             self._cycle()
         except Exception:  # a failing cycle must never take the agent down
-            with self._state:
+            with self._counters:
                 self._failures += 1
                 failures = self._failures
             log.exception("reconcile cycle failed (%d in a row); retrying with backoff", failures)
         else:
-            with self._state:
+            with self._counters:
                 self._failures = 0
-        finally:
-            self._running.release()
+        delay = dt.timedelta(seconds=self._next_delay_s())
+        # The scheduler set the next run (now + delay) under its job-store lock when it
+        # submitted this cycle; rescheduling here, under the same lock and under _state,
+        # replaces it with a delay that knows this cycle's outcome, and cannot lose a
+        # trigger_now() made meanwhile (it either set the flag or sees _in_cycle False).
         with self._state:
             rerun, self._rerun_requested = self._rerun_requested, False
-        # The scheduler set the next run (now + delay) under its job-store lock before this
-        # cycle started; rescheduling here, under the same lock, replaces it with a delay that
-        # knows this cycle's outcome.
-        now = self._now()
-        self._reschedule(now if rerun else now + dt.timedelta(seconds=self._next_delay_s()))
-        with self._state:
+            self._in_cycle = False
+            now = self._now()
+            self._reschedule(now if rerun else now + delay)
+        with self._counters:
             self._completed += 1
 
     def _reschedule(self, when: dt.datetime) -> None:

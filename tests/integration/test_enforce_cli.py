@@ -108,3 +108,27 @@ def test_enforce_once_against_a_kubernetes_api(tmp_path, keys, make_bundle) -> N
         down = site.run("enforce", "--once")
         assert down.returncode == 5 and "target unavailable" in down.stderr
         assert down.stderr.count("\n") == 1
+
+
+def test_enforce_daemon_waits_for_a_manifest_folder_that_appears_later(
+    tmp_path, keys, make_bundle
+) -> None:
+    folder = tmp_path / "not-yet"  # k3s creates server/manifests only once it runs
+    site = manifest_site(tmp_path, keys, folder)
+    assert site.run("import", str(make_bundle(1))).returncode == 0
+    daemon = subprocess.Popen(
+        [str(BIN / "edge-agent"), "--config", str(site.config_path), "enforce"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        assert daemon.poll() is None, "enforce exited because the folder was missing"
+        folder.mkdir()
+        site.run("import", str(make_bundle(2)))  # a new revision triggers a cycle at once
+        wait_for(lambda: len([p for p in folder.iterdir() if not p.name.startswith(".")]) == 2)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, stderr
