@@ -115,6 +115,27 @@ _FREEFORM_MAPS = (
     )
     | _QUANTITY_MAPS
 )
+#: Label selectors are atomic on the API server: a live selector with extra terms selects
+#: other pods (a deny-all ``podSelector: {}`` narrowed to nothing), so they compare exactly.
+_EXACT_MAPS = frozenset({"matchLabels", "podSelector", "namespaceSelector"})
+#: Pointer fields keep an explicit ``false``/``0`` (absent means "unset", often the unsafe
+#: default: token automounted, privilege escalation allowed, image's user), so a desired
+#: ``false``/``0`` must be present live.
+_POINTER_FIELDS = frozenset(
+    {
+        "automountServiceAccountToken",
+        "allowPrivilegeEscalation",
+        "privileged",
+        "readOnlyRootFilesystem",
+        "runAsNonRoot",
+        "runAsUser",
+        "runAsGroup",
+        "fsGroup",
+        "enableServiceLinks",
+        "hostUsers",
+        "shareProcessNamespace",
+    }
+)
 _BY_NAME = (("name",),)
 _LIST_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
     "containers": _BY_NAME,
@@ -244,6 +265,15 @@ def _compare(want: Any, have: Any, path: str, field: str, out: list[str]) -> Non
         if not isinstance(have, Mapping):
             out.append(path)
             return
+        if field in _EXACT_MAPS:
+            wanted_keys = {k for k, v in want.items() if v is not None and not _is_unset(v, k)}
+            extra = sorted(
+                k
+                for k, v in have.items()
+                if k not in want and k not in wanted_keys and v not in ({}, [], None, "")
+            )
+            if extra:
+                out.append(_join(path, extra[0]))
         for key, value in want.items():
             child = have.get(key, _ABSENT)
             child_path = _join(path, key)
@@ -349,6 +379,8 @@ def _is_unset(want: Any, field: str) -> bool:
     """True when the API server would store ``want`` as an absent field (``omitempty``)."""
     if want is None:
         return True
+    if field in _POINTER_FIELDS:
+        return False
     if isinstance(want, Mapping):
         entries_kept = field in _FREEFORM_MAPS
         return all(v is None or (not entries_kept and _is_unset(v, k)) for k, v in want.items())

@@ -536,3 +536,36 @@ def test_inputs_are_not_mutated() -> None:
 def test_describe_shortens_long_reports() -> None:
     drift = Drift(paths=tuple(f"spec.f{i}" for i in range(7)))
     assert drift.describe(limit=2) == "spec.f0, spec.f1 (+5 more)"
+
+
+def test_a_narrowed_label_selector_is_drift() -> None:
+    desired = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-all", "namespace": "w"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    live = {
+        **desired,
+        "spec": {"podSelector": {"matchLabels": {"nobody": "x"}}, "policyTypes": ["Ingress"]},
+    }
+    assert detect(desired, live).drifted
+    assert not detect(desired, {**desired}).drifted
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}},
+    }
+    widened = {**deployment, "spec": {"selector": {"matchLabels": {"app": "web", "x": "y"}}}}
+    assert detect(deployment, widened).drifted
+
+
+@pytest.mark.parametrize(
+    "field", ["automountServiceAccountToken", "allowPrivilegeEscalation", "runAsUser"]
+)
+def test_a_removed_safe_pointer_value_is_drift(field: str) -> None:
+    value = 0 if field == "runAsUser" else False
+    desired = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {field: value}}
+    assert detect(desired, {**desired, "spec": {}}).drifted
+    assert not detect(desired, {**desired, "spec": {field: value}}).drifted
