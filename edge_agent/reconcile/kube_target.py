@@ -7,24 +7,40 @@ by the constructors, so importing this module costs nothing in processes that do
 
 A cycle is a pipeline:
 
-1. **List**: for every kind among the desired objects and the entries to prune, one LIST
-   with ``labelSelector=MANAGED_SELECTOR`` (across namespaces for namespaced kinds); never a
-   GET per object. List items get ``apiVersion``/``kind`` filled in (a real server omits
-   them). Any failure here (refused, timeout, 5xx, 401/403) raises ``TargetUnavailableError``
-   before anything is written; a kind that is not served (its CRD not applied yet) lists as
-   empty.
-2. **Apply** in ``apply_order``: ``drift.detect(manifest, live)``; nothing is written when
-   nothing drifted (UNCHANGED). Otherwise, in enforce mode, a server-side apply (field
-   manager ``edge-agent``, ``force=true``) → CREATED or HEALED; in audit mode DRIFTED.
-   After a CRD is applied its group is re-discovered (polling briefly until the kind is
-   served), so custom resources of the same cycle can be applied.
-3. **Prune** ``inventory.diff(desired).to_prune`` in delete order: only objects that are in
-   the inventory *and* were listed with the agent's label are deleted (404 counts as gone);
-   an entry whose object is gone or no longer carries the label leaves the inventory
-   untouched on the cluster. Audit mode: WOULD_PRUNE.
-4. **Health**: ``health.assess`` of each desired object's live state (the apply answer, or
+1. **List**: for every kind among the desired objects and the inventory, discovery (cached)
+   and one LIST with ``labelSelector=MANAGED_SELECTOR`` (across namespaces for namespaced
+   kinds); never a GET per object known to the agent. List items get ``apiVersion``/``kind``
+   filled in (a real server omits them). Any failure here (refused, timeout, 5xx, 401/403)
+   raises ``TargetUnavailableError`` before anything is written; a kind that is not served
+   (its CRD not applied yet) lists as empty.
+2. **Plan**: every desired object and inventory entry is keyed by its *resolved* identity (a
+   namespaced kind without namespace is in ``default``; a cluster-scoped kind has none), so
+   adding or dropping ``namespace: default`` names the same object. An entry is pruned only
+   when its resolved key is not desired; another ref of a desired object leaves the
+   inventory without a DELETE once that object is applied.
+3. **Apply** in ``apply_order``: nothing is written (UNCHANGED) when ``drift.detect(manifest,
+   live)`` finds no drift *and* the manifest's digest equals the inventory entry's (the
+   manifest last applied). A changed digest means the policy changed — maybe a field was
+   removed, which drift (desired ⊆ live) cannot see — so the object is applied again and
+   server-side apply removes what the agent no longer sends: HEALED "policy changed". An
+   entry without a digest (older agent) or no entry at all counts as changed: applied once.
+   Otherwise, in enforce mode, a server-side apply (field manager ``edge-agent``,
+   ``force=true``) → CREATED or HEALED; in audit mode DRIFTED (and nothing, the inventory
+   included, changes). An object that is neither listed nor in the inventory is looked up
+   with one GET before its first apply: if it exists (a policy tuning a cluster's own
+   object) its entry is *adopted*. After a CRD is applied its group is re-discovered
+   (polling briefly until the kind is served), so custom resources of the same cycle can
+   be applied.
+4. **Prune** the plan's entries in delete order: only objects that are in the inventory
+   *and* were listed with the agent's label are deleted (404 counts as gone); an entry
+   whose object is gone or no longer carries the label leaves the inventory untouched on
+   the cluster. An adopted object is never deleted: it is *released* — its ownership labels
+   removed with a merge patch (the fields the agent set stay), PRUNED "released (existed
+   before the agent)". Audit mode: WOULD_PRUNE, and the inventory is kept as it is (an
+   entry whose object is gone is WOULD_PRUNE "gone").
+5. **Health**: ``health.assess`` of each desired object's live state (the apply answer, or
    the listed object).
-5. The report carries ``inventory.merge(applied=..., pruned=...)``.
+6. The report carries ``inventory.merge(applied=..., pruned=...)``.
 
 Per-object refusals (4xx: invalid, conflict, forbidden) become that object's FAILED result
 and the cycle goes on. If the server becomes unreachable mid-cycle, the remaining writes are
@@ -53,12 +69,15 @@ from edge_agent.bundle.model import Mode
 from edge_agent.errors import TargetUnavailableError, one_line
 from edge_agent.reconcile.drift import detect
 from edge_agent.reconcile.health import Health, assess
-from edge_agent.reconcile.inventory import Inventory, InventoryEntry
+from edge_agent.reconcile.inventory import Inventory, InventoryEntry, manifest_digest
 from edge_agent.reconcile.objects import (
+    LAYER_LABEL,
+    MANAGED_BY_LABEL,
     MANAGED_SELECTOR,
     DesiredObject,
     ObjectRef,
     apply_order,
+    delete_order,
     split_api_version,
 )
 from edge_agent.reconcile.target import Action, CycleReport, ObjectResult
@@ -70,6 +89,10 @@ APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 _CRD_GROUP = "apiextensions.k8s.io"
 
 Obj = dict[str, Any]
+
+_MERGE_PATCH = "application/merge-patch+json"
+_RELEASE_PATCH: Obj = {"metadata": {"labels": {MANAGED_BY_LABEL: None, LAYER_LABEL: None}}}
+_RELEASED = "released (existed before the agent)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +188,13 @@ class KubeTarget:
     def reconcile(
         self, desired: Sequence[DesiredObject], inventory: Inventory, *, mode: Mode
     ) -> CycleReport:
-        diff = inventory.diff(desired)
-        live = self._list_all(desired, diff.to_prune)
-        cycle = _Cycle(self, mode, live)
+        resources = self._discover_kinds(desired, inventory)
+        live = self._list_all(resources)
+        plan = _Plan.of(desired, inventory, resources)
+        cycle = _Cycle(self, mode, live, plan)
         for obj in apply_order(desired):
             cycle.apply(obj)
-        for entry in diff.to_prune:
+        for entry in plan.to_prune:
             cycle.prune(entry)
         report = CycleReport(
             results=tuple(cycle.results),
@@ -188,21 +212,39 @@ class KubeTarget:
         )
         return report
 
-    def _list_all(
-        self, desired: Sequence[DesiredObject], to_prune: Sequence[InventoryEntry]
-    ) -> dict[_Key, Obj]:
-        """One LIST per kind; raises TargetUnavailableError when the cluster cannot be read."""
+    def _discover_kinds(
+        self, desired: Sequence[DesiredObject], inventory: Inventory
+    ) -> dict[tuple[str, str], tuple[str, _Resource | None]]:
+        """(group, kind) → (api version, resource or None when not served) for every kind
+        among the desired objects and the inventory. Raises TargetUnavailableError."""
         kinds: dict[tuple[str, str], str] = {}  # (group, kind) -> api version to list with
         for obj in desired:
             kinds.setdefault((obj.ref.group, obj.ref.kind), obj.api_version)
-        for entry in to_prune:
+        for entry in inventory:
             kinds.setdefault((entry.ref.group, entry.ref.kind), entry.api_version)
-        live: dict[_Key, Obj] = {}
+        found: dict[tuple[str, str], tuple[str, _Resource | None]] = {}
         for (group, kind), api_version in kinds.items():
             try:
-                resource = self._resolve(api_version, kind)
-                if resource is None:
-                    continue  # not served (yet): nothing of it exists
+                found[(group, kind)] = (api_version, self._resolve(api_version, kind))
+            except _Unreachable as exc:
+                raise TargetUnavailableError(
+                    f"Kubernetes API {self.server_url} unreachable: {exc}"
+                ) from None
+            except _ApiError as exc:
+                raise TargetUnavailableError(
+                    f"Kubernetes API {self.server_url}: discovery of {kind} failed: {exc}"
+                ) from None
+        return found
+
+    def _list_all(
+        self, resources: Mapping[tuple[str, str], tuple[str, _Resource | None]]
+    ) -> dict[_Key, Obj]:
+        """One LIST per kind; raises TargetUnavailableError when the cluster cannot be read."""
+        live: dict[_Key, Obj] = {}
+        for (group, kind), (api_version, resource) in resources.items():
+            if resource is None:
+                continue  # not served (yet): nothing of it exists
+            try:
                 listed = self._request(
                     "GET", _collection_path(api_version, resource.plural, None), _list_query()
                 )
@@ -280,10 +322,13 @@ class KubeTarget:
         method: str,
         path: str,
         query: list[tuple[str, str]],
-        body: str | None = None,
+        body: str | Obj | None = None,
         content_type: str = "application/json",
     ) -> Obj:
-        """One request through ``ApiClient.call_api``; the decoded JSON answer."""
+        """One request through ``ApiClient.call_api``; the decoded JSON answer.
+
+        ``body``: a dict for JSON content types (the client encodes it), text otherwise.
+        """
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             request = self._api.param_serialize(
@@ -316,15 +361,71 @@ class KubeTarget:
         return decoded
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Desired objects and inventory entries keyed by resolved identity.
+
+    The key's namespace is resolved through discovery: a namespaced kind with no namespace
+    is ``default``, a cluster-scoped kind has none. So ``metadata.namespace: default`` added
+    or dropped is the same object, never pruned; an inventory entry whose resolved key is
+    desired (an *alias*: same object, other ref) leaves the inventory without a DELETE once
+    the desired object is applied.
+    """
+
+    resources: Mapping[tuple[str, str], tuple[str, _Resource | None]]
+    prior: Mapping[_Key, InventoryEntry]
+    """Resolved key of a desired object → its inventory entry (its own ref first)."""
+    aliases: Mapping[_Key, tuple[ObjectRef, ...]]
+    """Resolved key of a desired object → other refs of the inventory naming it."""
+    to_prune: tuple[InventoryEntry, ...]
+    """Entries whose resolved key is not desired, in ``delete_order``."""
+
+    @classmethod
+    def of(
+        cls,
+        desired: Sequence[DesiredObject],
+        inventory: Inventory,
+        resources: Mapping[tuple[str, str], tuple[str, _Resource | None]],
+    ) -> _Plan:
+        def key(ref: ObjectRef) -> _Key:
+            resource = resources.get((ref.group, ref.kind), ("", None))[1]
+            return _resolved_key(ref, resource)
+
+        wanted = {key(obj.ref): obj.ref for obj in desired}
+        prior: dict[_Key, InventoryEntry] = {}
+        aliases: dict[_Key, list[ObjectRef]] = {}
+        stale: dict[ObjectRef, InventoryEntry] = {}
+        for entry in inventory:
+            k = key(entry.ref)
+            if k not in wanted:
+                stale[entry.ref] = entry
+                continue
+            if entry.ref != wanted[k]:
+                aliases.setdefault(k, []).append(entry.ref)
+            held = prior.get(k)
+            if held is None or entry.ref == wanted[k]:
+                adopted = entry.adopted or (held is not None and held.adopted)
+                prior[k] = InventoryEntry(entry.ref, entry.api_version, entry.digest, adopted)
+            elif entry.adopted and not held.adopted:
+                prior[k] = InventoryEntry(held.ref, held.api_version, held.digest, True)
+        return cls(
+            resources=resources,
+            prior=prior,
+            aliases={k: tuple(refs) for k, refs in aliases.items()},
+            to_prune=tuple(stale[ref] for ref in delete_order(stale)),
+        )
+
+
 class _Cycle:
     """The mutable bookkeeping of one reconcile cycle."""
 
-    def __init__(self, target: KubeTarget, mode: Mode, live: dict[_Key, Obj]) -> None:
+    def __init__(self, target: KubeTarget, mode: Mode, live: dict[_Key, Obj], plan: _Plan) -> None:
         self.target = target
         self.mode = mode
         self.live = live
+        self.plan = plan
         self.results: list[ObjectResult] = []
-        self.applied: list[DesiredObject] = []
+        self.applied: list[InventoryEntry] = []
         self.pruned: list[ObjectRef] = []
         self.unreachable: str | None = None
         self.crd_kinds: set[tuple[str, str]] = set()  # (group, kind) defined by applied CRDs
@@ -332,6 +433,9 @@ class _Cycle:
     def apply(self, obj: DesiredObject) -> None:
         ref = obj.ref
         kind = ref.kind
+        planned = self.plan.resources.get((ref.group, kind), ("", None))[1]
+        prior = self.plan.prior.get(_resolved_key(ref, planned))
+        aliases = self.plan.aliases.get(_resolved_key(ref, planned), ())
         try:
             resource = self.target._resolve(
                 obj.api_version, kind, wait=(ref.group, kind) in self.crd_kinds
@@ -342,16 +446,28 @@ class _Cycle:
         except _ApiError as exc:
             self._fail(ref, f"discovery failed: {exc}")
             return
-        namespace = ref.namespace or ("default" if resource and resource.namespaced else "")
-        live = self.live.get((ref.group, kind, namespace, ref.name))
+        key = _resolved_key(ref, resource)
+        namespace = key[2]
+        live = self.live.get(key)
+        digest = manifest_digest(obj.manifest)
+        adopted = prior is not None and prior.adopted
+        entry = InventoryEntry(ref, obj.api_version, digest, adopted)
         drift = detect(obj.manifest, live)
-        if not drift.drifted:
+        # Unknown (no entry, or an entry without a digest) counts as changed: applied once.
+        policy_changed = prior is None or prior.digest != digest
+        if not drift.drifted and not policy_changed:
             assert live is not None
-            self.applied.append(obj)
+            self._keep(entry, aliases)
             self._result(ref, Action.UNCHANGED, "", live)
             return
         if self.mode is Mode.AUDIT:
-            self._result(ref, Action.DRIFTED, drift.describe(), live)
+            # Nothing changes in audit mode, the inventory included.
+            if drift.drifted:
+                self._result(ref, Action.DRIFTED, drift.describe(), live)
+            elif prior is not None and prior.digest:
+                self._result(ref, Action.DRIFTED, "policy changed", live)
+            else:
+                self._result(ref, Action.UNCHANGED, "", live)
             return
         if self.unreachable is not None:
             self._fail(ref, f"not attempted: {self.unreachable}", live)
@@ -359,10 +475,28 @@ class _Cycle:
         if resource is None:
             self._fail(ref, f"{obj.api_version} {kind} is not served by the API server", live)
             return
+        path = _object_path(obj.api_version, resource, namespace, ref.name)
+        if live is None and prior is None:
+            # Not among the agent's labelled objects and never applied: does it exist already
+            # (a policy tuning a cluster's own object)? Then it is adopted, never deleted.
+            try:
+                existing: Obj | None = self.target._request("GET", path, [])
+            except _Unreachable as exc:
+                self.unreachable = str(exc)
+                self._fail(ref, f"lookup failed: {exc}")
+                return
+            except _ApiError as exc:
+                if exc.status != 404:
+                    self._fail(ref, f"lookup refused: {exc}")
+                    return
+                existing = None
+            if existing is not None:
+                adopted = True
+                entry = InventoryEntry(ref, obj.api_version, digest, adopted)
+                drift = detect(obj.manifest, existing)
         body = dict(obj.manifest)
         if resource.namespaced:
             body["metadata"] = {**dict(body.get("metadata") or {}), "namespace": namespace}
-        path = _object_path(obj.api_version, resource, namespace, ref.name)
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         try:
             answer = self.target._request(
@@ -377,11 +511,26 @@ class _Cycle:
             return
         answer.setdefault("apiVersion", obj.api_version)
         answer.setdefault("kind", kind)
-        self.applied.append(obj)
-        action = Action.CREATED if live is None else Action.HEALED
-        self._result(ref, action, "missing" if live is None else drift.describe(), answer)
+        self._keep(entry, aliases)
+        if live is None and not adopted:
+            action, detail = Action.CREATED, "missing"
+        elif live is None and prior is None:
+            action, detail = (
+                Action.HEALED,
+                f"adopted (existed before the agent): {drift.describe()}",
+            )
+        elif drift.drifted:
+            action, detail = Action.HEALED, drift.describe()
+        else:
+            action, detail = Action.HEALED, "policy changed"
+        self._result(ref, action, detail, answer)
         if kind == "CustomResourceDefinition" and ref.group == _CRD_GROUP:
             self._crd_applied(obj.manifest)
+
+    def _keep(self, entry: InventoryEntry, aliases: Sequence[ObjectRef]) -> None:
+        """Record ``entry`` in the inventory; other refs of the same object leave it."""
+        self.applied.append(entry)
+        self.pruned.extend(aliases)
 
     def _crd_applied(self, manifest: Mapping[str, Any]) -> None:
         spec = manifest.get("spec") or {}
@@ -398,33 +547,47 @@ class _Cycle:
         except (_Unreachable, _ApiError) as exc:
             self._fail(ref, f"discovery failed: {exc}", None, health=False)
             return
-        namespace = ref.namespace or ("default" if resource and resource.namespaced else "")
-        live = self.live.get((ref.group, ref.kind, namespace, ref.name))
+        key = _resolved_key(ref, resource)
+        live = self.live.get(key)
         if live is None or resource is None:
             # Gone, or no longer labelled as the agent's: leave the cluster alone.
+            if self.mode is Mode.AUDIT:
+                self.results.append(ObjectResult(ref, Action.WOULD_PRUNE, "gone"))
+                return
             self.pruned.append(ref)
-            self.results.append(ObjectResult(ref, Action.PRUNED, "already gone"))
+            detail = _RELEASED if entry.adopted else "already gone"
+            self.results.append(ObjectResult(ref, Action.PRUNED, detail))
             return
         if self.mode is Mode.AUDIT:
-            self.results.append(ObjectResult(ref, Action.WOULD_PRUNE, "no longer desired"))
+            detail = f"would be {_RELEASED}" if entry.adopted else "no longer desired"
+            self.results.append(ObjectResult(ref, Action.WOULD_PRUNE, detail))
             return
         if self.unreachable is not None:
             self._fail(ref, f"not attempted: {self.unreachable}", None, health=False)
             return
-        path = _object_path(entry.api_version, resource, namespace, ref.name)
-        body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1"})
+        path = _object_path(entry.api_version, resource, key[2], ref.name)
+        if entry.adopted:
+            # Never delete what existed before the agent: drop its ownership labels so that
+            # it is no longer listed as the agent's. The fields the agent set stay as they are.
+            method, body, content_type = "PATCH", _RELEASE_PATCH, _MERGE_PATCH
+        else:
+            method, content_type = "DELETE", "application/json"
+            body = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        verb = "release" if entry.adopted else "delete"
         try:
-            self.target._request("DELETE", path, [], body)
+            self.target._request(method, path, [], body, content_type)
         except _Unreachable as exc:
             self.unreachable = str(exc)
-            self._fail(ref, f"delete failed: {exc}", None, health=False)
+            self._fail(ref, f"{verb} failed: {exc}", None, health=False)
             return
         except _ApiError as exc:
             if exc.status != 404:
-                self._fail(ref, f"delete refused: {exc}", None, health=False)
+                self._fail(ref, f"{verb} refused: {exc}", None, health=False)
                 return
         self.pruned.append(ref)
-        self.results.append(ObjectResult(ref, Action.PRUNED, "deleted"))
+        self.results.append(
+            ObjectResult(ref, Action.PRUNED, _RELEASED if entry.adopted else "deleted")
+        )
 
     def _result(self, ref: ObjectRef, action: Action, detail: str, live: Obj | None) -> None:
         health: Health | None = assess(live) if live is not None else None
@@ -435,6 +598,18 @@ class _Cycle:
     ) -> None:
         verdict = assess(live) if health and live is not None else None
         self.results.append(ObjectResult(ref, Action.FAILED, one_line(detail), verdict))
+
+
+def _resolved_key(ref: ObjectRef, resource: _Resource | None) -> _Key:
+    """``ref``'s identity on the server: a namespaced kind without namespace is in
+    ``default``, a cluster-scoped kind has no namespace; unknown kinds keep theirs."""
+    if resource is None:
+        namespace = ref.namespace
+    elif resource.namespaced:
+        namespace = ref.namespace or "default"
+    else:
+        namespace = ""
+    return (ref.group, ref.kind, namespace, ref.name)
 
 
 def _list_query() -> list[tuple[str, str]]:

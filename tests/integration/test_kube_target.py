@@ -20,7 +20,7 @@ from edge_agent.bundle.manifests import YamlLimits, load_manifests
 from edge_agent.bundle.model import Mode
 from edge_agent.errors import TargetUnavailableError
 from edge_agent.reconcile.health import HealthStatus
-from edge_agent.reconcile.inventory import Inventory
+from edge_agent.reconcile.inventory import Inventory, InventoryEntry
 from edge_agent.reconcile.kube_target import FIELD_MANAGER, KubeSettings, KubeTarget
 from edge_agent.reconcile.objects import (
     MANAGED_BY_LABEL,
@@ -474,3 +474,182 @@ def test_custom_resource_of_a_crd_never_established_fails_alone() -> None:
         failed = next(r for r in report.results if r.action is Action.FAILED)
         assert "not served" in failed.detail
         assert now[0] >= 2.0
+
+
+def _one_layer(*objects: dict[str, Any]) -> tuple[DesiredObject, ...]:
+    return desired_objects([{"name": "l", "manifests": [{"path": "p", "objects": list(objects)}]}])
+
+
+def test_adding_or_dropping_namespace_default_never_deletes_the_object(
+    fake: FakeApiServer, api: Any, target: KubeTarget
+) -> None:
+    create(
+        api,
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}},
+    )
+    implicit = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {}}
+    explicit = json.loads(json.dumps(implicit))
+    explicit["metadata"]["namespace"] = "default"
+    inventory = first_apply(target, _one_layer(implicit)).inventory
+    for manifest in (explicit, implicit):
+        objects = _one_layer(manifest)
+        report = target.reconcile(objects, inventory, mode=Mode.ENFORCE)
+        assert [(r.action, r.detail) for r in report.results] == [
+            (Action.HEALED, "policy changed")  # the manifest changed: applied once
+        ]
+        assert fake.requests("DELETE") == []
+        assert fake.get_object(explicit) is not None
+        assert report.inventory == Inventory.of(objects)  # the other ref left, no DELETE
+        inventory = report.inventory
+    gone = target.reconcile((), inventory, mode=Mode.ENFORCE)
+    assert [(r.action, r.detail) for r in gone.results] == [(Action.PRUNED, "deleted")]
+    assert fake.get_object(explicit) is None
+
+
+COREDNS = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "coredns", "namespace": "kube-system"},
+    "data": {"Corefile": ".:53 {}", "x": "1"},
+}
+
+
+def test_pre_existing_object_is_adopted_and_released_never_deleted(
+    fake: FakeApiServer, api: Any, target: KubeTarget
+) -> None:
+    create(
+        api,
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}},
+    )
+    create(api, "/api/v1/namespaces/kube-system/configmaps", COREDNS)
+    tune = {**COREDNS, "data": {"x": "2"}}
+    objects = _one_layer(tune)
+    fake.clear_request_log()
+    first = target.reconcile(objects, Inventory(), mode=Mode.ENFORCE)
+    assert [r.action for r in first.results] == [Action.HEALED]
+    assert first.results[0].detail.startswith("adopted (existed before the agent)")
+    gets = [r.path for r in fake.requests("GET") if "labelSelector" not in r.query]
+    assert gets.count("/api/v1/namespaces/kube-system/configmaps/coredns") == 1
+    (entry,) = first.inventory
+    assert entry.adopted
+    assert Inventory.from_json(json.loads(json.dumps(first.inventory.to_json()))) == first.inventory
+
+    fake.clear_request_log()  # adopted and labelled now: a no-op cycle only lists
+    again = target.reconcile(objects, first.inventory, mode=Mode.ENFORCE)
+    assert [r.action for r in again.results] == [Action.UNCHANGED]
+    assert again.inventory == first.inventory
+    assert [r.method for r in fake.requests()] == ["GET"]
+
+    audit = target.reconcile((), first.inventory, mode=Mode.AUDIT)
+    assert [(r.action, r.detail) for r in audit.results] == [
+        (Action.WOULD_PRUNE, "would be released (existed before the agent)")
+    ]
+    released = target.reconcile((), first.inventory, mode=Mode.ENFORCE)
+    assert [(r.action, r.detail) for r in released.results] == [
+        (Action.PRUNED, "released (existed before the agent)")
+    ]
+    assert fake.requests("DELETE") == []
+    assert len(released.inventory) == 0
+    live = fake.get_object(COREDNS)
+    assert live is not None and live["data"] == {"Corefile": ".:53 {}", "x": "2"}
+    assert MANAGED_BY_LABEL not in (live["metadata"].get("labels") or {})
+
+
+def test_object_created_by_the_agent_is_not_adopted(target: KubeTarget) -> None:
+    report = first_apply(target, policy())
+    assert not any(entry.adopted for entry in report.inventory)
+
+
+def _web(**pod_spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1"}], **pod_spec},
+            },
+        },
+    }
+
+
+def test_field_removed_from_the_policy_is_removed_from_the_cluster(
+    fake: FakeApiServer, api: Any, target: KubeTarget
+) -> None:
+    create(
+        api,
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}},
+    )
+    inventory = first_apply(target, _one_layer(_web(hostNetwork=True))).inventory
+    fake.clear_request_log()
+    objects = _one_layer(_web())
+    report = target.reconcile(objects, inventory, mode=Mode.AUDIT)
+    assert [(r.action, r.detail) for r in report.results] == [(Action.DRIFTED, "policy changed")]
+    assert report.inventory == inventory and fake.requests("PATCH") == []
+    report = target.reconcile(objects, inventory, mode=Mode.ENFORCE)
+    assert [(r.action, r.detail) for r in report.results] == [(Action.HEALED, "policy changed")]
+    live = fake.get_object(objects[0].manifest)
+    assert live is not None and "hostNetwork" not in live["spec"]["template"]["spec"]
+    assert report.inventory == Inventory.of(objects)
+    fake.clear_request_log()
+    again = target.reconcile(objects, report.inventory, mode=Mode.ENFORCE)
+    assert [r.action for r in again.results] == [Action.UNCHANGED]
+    assert fake.requests("PATCH") == []
+
+
+def test_entry_without_digest_is_applied_once(fake: FakeApiServer, target: KubeTarget) -> None:
+    objects = policy()
+    inventory = first_apply(target, objects).inventory
+    old = Inventory(
+        frozenset(InventoryEntry(e.ref, e.api_version) for e in inventory)
+    )  # older agent
+    report = target.reconcile(objects, old, mode=Mode.ENFORCE)
+    assert {(r.action, r.detail) for r in report.results} == {(Action.HEALED, "policy changed")}
+    assert report.inventory == inventory
+    fake.clear_request_log()
+    assert {r.action for r in target.reconcile(objects, inventory, mode=Mode.ENFORCE).results} == {
+        Action.UNCHANGED
+    }
+
+
+def test_audit_never_drops_an_entry_whose_object_lost_the_label(
+    fake: FakeApiServer, api: Any, target: KubeTarget
+) -> None:
+    objects = policy()
+    inventory = first_apply(target, objects).inventory
+    path = "/api/v1/namespaces/hello-web/services/hello-web"
+    other_patch(fake, api, path, {"metadata": {"labels": {MANAGED_BY_LABEL: None}}})
+    fake.clear_request_log()
+    smaller = without(objects, "Service", "hello-web")
+    report = target.reconcile(smaller, inventory, mode=Mode.AUDIT)
+    pruned = [
+        (str(r.ref), r.action, r.detail)
+        for r in report.results
+        if r.ref not in smaller_refs(smaller)
+    ]
+    assert pruned == [("Service hello-web/hello-web", Action.WOULD_PRUNE, "gone")]
+    assert report.inventory == inventory
+    assert {r.method for r in fake.requests()} == {"GET"}
+    enforced = target.reconcile(smaller, inventory, mode=Mode.ENFORCE)
+    assert actions(enforced)["Service hello-web/hello-web"] is Action.PRUNED
+    assert (
+        fake.requests("DELETE") == []
+        and fake.get_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "hello-web", "namespace": "hello-web"},
+            }
+        )
+        is not None
+    )
+    assert enforced.inventory == Inventory.of(smaller)
+
+
+def smaller_refs(objects: tuple[DesiredObject, ...]) -> set[Any]:
+    return {o.ref for o in objects}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from edge_agent.errors import StateCorruptError
-from edge_agent.reconcile.inventory import Inventory, InventoryEntry
+from edge_agent.reconcile.inventory import Inventory, InventoryEntry, manifest_digest
 from edge_agent.reconcile.objects import (
     LAYER_LABEL,
     MANAGED_BY_LABEL,
@@ -415,8 +415,43 @@ GOOD_ENTRY = {"group": "", "kind": "ConfigMap", "namespace": "n", "name": "c", "
         {"version": 1, "entries": [{**GOOD_ENTRY, "name": 3}]},
         {"version": 1, "entries": [{**GOOD_ENTRY, "kind": ""}]},
         {"version": 1, "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "apiVersion": "v2"}]},
+        {"version": 1, "entries": [{**GOOD_ENTRY, "adopted": "yes"}]},
+        {"version": 1, "entries": [{**GOOD_ENTRY, "digest": 3}]},
     ],
 )
 def test_damaged_inventory_json_is_a_corrupt_store(raw: Any) -> None:
     with pytest.raises(StateCorruptError):
         Inventory.from_json(raw)
+
+
+def test_entries_of_older_agents_read_as_not_adopted_with_unknown_digest() -> None:
+    (entry,) = Inventory.from_json({"version": 1, "entries": [GOOD_ENTRY]})
+    assert entry == InventoryEntry(ObjectRef("", "ConfigMap", "n", "c"), "v1")
+    assert not entry.adopted and entry.digest == ""
+    assert entry.to_json() == GOOD_ENTRY  # written back in the old shape
+
+
+def test_adopted_and_digest_round_trip() -> None:
+    entry = InventoryEntry(DEPLOY, "apps/v1", "ab" * 32, adopted=True)
+    raw = json.loads(json.dumps(Inventory(frozenset({entry})).to_json()))
+    assert raw["entries"][0]["adopted"] is True and raw["entries"][0]["digest"] == "ab" * 32
+    assert Inventory.from_json(raw) == Inventory(frozenset({entry}))
+    assert Inventory.from_json(raw).entry(DEPLOY) == entry
+
+
+def test_digest_is_of_the_canonical_manifest() -> None:
+    (web,) = desired(obj("apps/v1", "Deployment", "web", "shop"))
+    reordered = dict(reversed(list(web.manifest.items())))
+    assert InventoryEntry.of(web).digest == manifest_digest(reordered)
+    assert len(InventoryEntry.of(web).digest) == 64
+    changed = copy.deepcopy(dict(web.manifest))
+    changed["spec"] = {"replicas": 2}
+    assert manifest_digest(changed) != InventoryEntry.of(web).digest
+
+
+def test_merge_keeps_adopted_when_the_object_is_applied_again() -> None:
+    (web,) = desired(obj("apps/v1", "Deployment", "web", "shop"))
+    before = Inventory(frozenset({InventoryEntry(DEPLOY, "apps/v1", "", adopted=True)}))
+    after = before.merge(applied=[web], pruned=[])
+    assert after.entry(DEPLOY) == InventoryEntry.of(web, adopted=True)
+    assert Inventory().merge(applied=[web], pruned=[]).entry(DEPLOY) == InventoryEntry.of(web)
