@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "bundles"
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` every 50 ms until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
 
 
 class FakeClock:

@@ -6,25 +6,24 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import BIN, Site, make_site
+from tests.conftest import BIN, Site, make_site, wait_for
 from tests.fake_apiserver import FakeApiServer
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def manifest_site(tmp_path: Path, keys, folder: Path) -> Site:
     return make_site(
         tmp_path / "site", keys, extra=f"target: {{kind: manifest-dir, folder: {folder}}}\n"
+    )
+
+
+def start_daemon(site: Site) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "edge-agent"), "--config", str(site.config_path), "enforce"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -61,12 +60,7 @@ def test_enforce_daemon_applies_new_policies_and_restores_tampered_files(
     folder.mkdir()
     site = manifest_site(tmp_path, keys, folder)
     assert site.run("import", str(make_bundle(1))).returncode == 0
-    daemon = subprocess.Popen(
-        [str(BIN / "edge-agent"), "--config", str(site.config_path), "enforce"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    daemon = start_daemon(site)
     try:
         agent_files = lambda: sorted(p for p in folder.iterdir() if not p.name.startswith("."))  # noqa: E731
         wait_for(lambda: len(agent_files()) == 2)
@@ -116,12 +110,7 @@ def test_enforce_daemon_waits_for_a_manifest_folder_that_appears_later(
     folder = tmp_path / "not-yet"  # k3s creates server/manifests only once it runs
     site = manifest_site(tmp_path, keys, folder)
     assert site.run("import", str(make_bundle(1))).returncode == 0
-    daemon = subprocess.Popen(
-        [str(BIN / "edge-agent"), "--config", str(site.config_path), "enforce"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    daemon = start_daemon(site)
     try:
         time.sleep(0.5)
         assert daemon.poll() is None, "enforce exited because the folder was missing"
