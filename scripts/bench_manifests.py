@@ -77,9 +77,9 @@ def write_doc(table: str, sizes: str) -> None:
 
 ## Strict manifest parsing: throughput and peak memory
 
-Why the default `max_total_manifest_bytes` is 8 MiB: manifests are parsed with PyYAML's
-pure-Python loader (the strict checks hook into its composer), which is slow and holds every
-object. No baseline exists in the same run; the figures are absolute, from the
+Why the default `max_total_manifest_bytes` is 8 MiB: manifests are parsed by libyaml's event
+parser under PyYAML's Python composer (the strict checks hook into the composer), which holds
+every object in memory. No baseline exists in the same run; the figures are absolute, from the
 `bundles/hello-web` app manifest repeated with distinct names, one fresh process per size.
 
 ```sh

@@ -952,7 +952,7 @@ case("yaml-kind-with-newline", Code.YAML_INVALID, detail="metadata.name")(
     _manifest(b'apiVersion: v1\nkind: "Namespace\\nINFO accepted"\nmetadata: {}\n')
 )
 # Regression: the loader was built outside the try, so PyYAML's ReaderError escaped.
-case("yaml-control-character", Code.YAML_INVALID, detail="special characters")(
+case("yaml-control-character", Code.YAML_INVALID, detail="control characters")(
     _manifest(NAMESPACE_HEAD + b"metadata: {name: x}\ndata: {bell: \x07}\n")
 )
 # Regression: int() of more than 4300 digits (sys.int_max_str_digits) raised ValueError.

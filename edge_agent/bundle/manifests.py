@@ -60,11 +60,22 @@ _Resolver.yaml_implicit_resolvers = {
 }
 
 
-class _StrictLoader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
+try:  # libyaml's event parser (C) under our own Python composer: about 4x faster
+    from yaml._yaml import CParser as _EventSource
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+
+    class _EventSource(Reader, Scanner, Parser):  # type: ignore[no-redef]
+        def __init__(self, text: str) -> None:
+            Reader.__init__(self, text)
+            Scanner.__init__(self)
+            Parser.__init__(self)
+
+
+class _StrictLoader(Composer, SafeConstructor, _Resolver, _EventSource):
+    """Events from ``_EventSource``; composing (with the checks below) and constructing in Python."""
+
     def __init__(self, text: str, limits: YamlLimits) -> None:
-        Reader.__init__(self, text)
-        Scanner.__init__(self)
-        Parser.__init__(self)
+        _EventSource.__init__(self, text)
         Composer.__init__(self)
         SafeConstructor.__init__(self)
         _Resolver.__init__(self)
@@ -74,7 +85,7 @@ class _StrictLoader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolve
         self._open_anchors: set[str] = set()
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]
+        event = self.peek_event()
         if isinstance(event, AliasEvent):
             self._aliases += 1
             if self._aliases > self._limits.max_aliases:
