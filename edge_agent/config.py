@@ -156,10 +156,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
                 f"config {where}: label {key!r}: {value!r} is not a valid Kubernetes label"
             )
 
-    paths = doc.get("paths", {})
-    if not isinstance(paths, dict):
-        raise ConfigError(f"config {where}: paths must be a mapping")
-    _known(paths, _PATH_KEYS, where, "paths.")
+    paths = _section(doc, "paths", _PATH_KEYS, where)
     state_dir = _path(paths.get("state_dir", "/var/lib/edge-agent"), where, "paths.state_dir", base)
     if "initial_root" not in paths:
         raise ConfigError(
@@ -181,10 +178,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
             f"config {where}: drop_folders must be a list of absolute paths or glob patterns"
         )
 
-    limits_doc = doc.get("limits", {})
-    if not isinstance(limits_doc, dict):
-        raise ConfigError(f"config {where}: limits must be a mapping")
-    _known(limits_doc, _LIMIT_KEYS, where, "limits.")
+    limits_doc = _section(doc, "limits", _LIMIT_KEYS, where)
     for key, value in limits_doc.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(
@@ -206,7 +200,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
             f"limits.{large} ({getattr(limits, large)})"
         )
 
-    target = _target(doc.get("target", {}), where, base)
+    target = _target(_section(doc, "target", _TARGET_KEYS, where), where, base)
     return AgentConfig(
         cluster_id=cluster_id,
         labels=dict(labels),
@@ -219,10 +213,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
     )
 
 
-def _target(doc: Any, where: str, base: Path) -> TargetConfig:
-    if not isinstance(doc, dict):
-        raise ConfigError(f"config {where}: target must be a mapping")
-    _known(doc, _TARGET_KEYS, where, "target.")
+def _target(doc: Mapping[str, Any], where: str, base: Path) -> TargetConfig:
     kind = doc.get("kind", "auto")
     if kind not in TARGET_KINDS:
         raise ConfigError(
@@ -240,6 +231,15 @@ def _target(doc: Any, where: str, base: Path) -> TargetConfig:
     if kind == "manifest-dir" and folder is None:
         raise ConfigError(f"config {where}: target.folder is required for target.kind manifest-dir")
     return TargetConfig(kind=kind, kubeconfig=kubeconfig, folder=folder, layout=layout)
+
+
+def _section(doc: Mapping[str, Any], name: str, allowed: set[str], where: str) -> dict[str, Any]:
+    """An optional mapping section of the config, with only the ``allowed`` keys."""
+    section = doc.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"config {where}: {name} must be a mapping")
+    _known(section, allowed, where, f"{name}.")
+    return section
 
 
 def _known(doc: Mapping[str, Any], allowed: set[str], where: str, prefix: str) -> None:
