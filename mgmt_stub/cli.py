@@ -27,6 +27,7 @@ from edge_agent.clock import SystemClock, format_time
 from edge_agent.errors import EdgeAgentError
 from mgmt_stub.builder import ProfileError, build_bundle
 from mgmt_stub.keys import KeyDirectory, KeyStoreError
+from mgmt_stub.storage import StorageError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     now = SystemClock().now()
     try:
+        if args.area == "serve":
+            return _serve(args)
         if args.area == "keys":
             keys = KeyDirectory(Path(args.keys))
             if args.action == "init":
@@ -73,12 +76,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"built {args.output}: bundle {bundle_id} revision {args.revision} for {args.target}")
         return 0
-    except (KeyStoreError, ProfileError, EdgeAgentError, OSError) as exc:
+    except (KeyStoreError, ProfileError, EdgeAgentError, StorageError, OSError) as exc:
         print(f"mgmt-stub: {_one_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug, not a usage error: still one line, never a traceback
         print(f"mgmt-stub: unexpected {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from mgmt_stub.server import create_app
+    from mgmt_stub.service import bootstrap_admin
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"mgmt-stub: --listen {args.listen!r} is not HOST:PORT", file=sys.stderr)
+        return 2
+    data, keys = Path(args.data), Path(args.keys)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    written = bootstrap_admin(data, keys)
+    if written is not None:
+        logging.getLogger("mgmt_stub").info("initial admin credential written to %s", written)
+    app = create_app(data, keys, stale_after_s=args.stale_after)
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
+        access_log=args.access_log,
+        timeout_keep_alive=120,  # agents keep one connection across their 60 s cycles
+        backlog=4096,
+        log_level="info",
+        server_header=False,
+    )
+    return 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -119,6 +156,21 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--expires-days", type=int, default=365, help="root validity (default %(default)s)"
         )
+
+    serve = areas.add_parser("serve", help="run the management server")
+    serve.add_argument("--data", required=True, metavar="DIR", help="data directory (created)")
+    serve.add_argument("--keys", required=True, metavar="DIR", help="signing key directory")
+    serve.add_argument("--listen", default="127.0.0.1:8700", metavar="HOST:PORT")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    serve.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
+    serve.add_argument(
+        "--stale-after",
+        type=int,
+        default=900,
+        metavar="S",
+        help="a cluster unseen this long shows as stale (default %(default)s)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
 
     bundle = areas.add_parser("bundle", help="offline bundles").add_subparsers(
         dest="action", required=True

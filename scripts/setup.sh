@@ -7,4 +7,4 @@ python=${PYTHON:-python3}
   || { echo "setup: Python 3.11 or newer is required ($python is $("$python" -V 2>&1))" >&2; exit 2; }
 [ -x "$here/.venv/bin/python" ] || "$python" -m venv "$here/.venv"
 "$here/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$here/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[test]"
+"$here/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[test,stub]"
