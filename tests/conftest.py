@@ -170,3 +170,15 @@ def store(site: Site, clock: FakeClock) -> Iterator[StateStore]:
     with site.open_store() as opened:
         opened.provision(site.config.initial_root.read_bytes(), now=clock.now())
         yield opened
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[Any]:
+    """The management stub as a real process on loopback (see tests/stub_process.py)."""
+    from tests.stub_process import StubProcess
+
+    process = StubProcess.start(tmp_path / "stub")
+    try:
+        yield process
+    finally:
+        process.stop()
