@@ -58,6 +58,7 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.ya?ml")
 _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 BUNDLE_DAYS = 30
+RENEW_DAYS = 10  # re-sign a stable bundle when it has this long left
 MAX_EVENT_DATA = 16 << 10
 
 
@@ -121,6 +122,7 @@ class ManagementService:
         }
         self._seen: dict[str, str] = {}
         self._dirty: set[str] = set()
+        self._next_renewal: dt.datetime | None = None
 
     def close(self) -> None:
         self.flush_seen()
@@ -860,11 +862,43 @@ class ManagementService:
         self.notify([c for c, _, _ in changes])
 
     def tick(self) -> None:
-        """Periodic work: flush last-seen times, advance rollouts whose members reported."""
+        """Periodic work: flush last-seen times, advance rollouts whose members reported,
+        and re-sign bundles before they expire."""
         self.flush_seen()
         for name in sorted(self._dirty):
             with self.db.transaction():
                 self._reconcile(name)
+        if self._next_renewal is None or self.clock.now() >= self._next_renewal:
+            self.renew_bundles()
+            self._next_renewal = self.clock.now() + dt.timedelta(hours=1)
+
+    def renew_bundles(self) -> list[int]:
+        """Re-issue every stable bundle within RENEW_DAYS of expiry as a new revision.
+
+        An agent keeps enforcing an expired policy, but a cluster enrolling later, or an
+        offline export, must get a bundle agents accept. A rollout in progress is left
+        alone (its target is fresh); its assignment is renewed once it completes.
+        """
+        horizon = self.clock.now() + dt.timedelta(days=RENEW_DAYS)
+        renewed = []
+        for assignment in self.db.assignments():
+            stable = assignment["stable"]
+            bundle = self.db.bundle(stable) if stable is not None else None
+            if bundle is None or parse_time(bundle["expires_at"]) > horizon:
+                continue
+            if self.db.active_rollout(assignment["name"]) is not None:
+                continue
+            with self.db.transaction():
+                revision = self._build(
+                    assignment,
+                    bundle["profile_version"],
+                    reason=f"renewal of revision {stable} (expires {bundle['expires_at']})",
+                )
+                self.db.set_stable(assignment["name"], revision)
+                self._audit("system", "bundle.renew", assignment["name"], {"revision": revision})
+                self._reconcile(assignment["name"])
+            renewed.append(revision)
+        return renewed
 
     # -- actions -------------------------------------------------------------------------
     def queue_action(
