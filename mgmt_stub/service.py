@@ -34,10 +34,10 @@ from typing import Any
 
 from edge_agent.bundle.model import is_valid_cluster_id, is_valid_label
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
+from edge_agent.report import ReportError, report_cluster, verify_report
 from mgmt_stub import credentials as creds
 from mgmt_stub.builder import ProfileError, build_bundle
 from mgmt_stub.keys import KeyDirectory
-from mgmt_stub.reports import ReportError, report_cluster, verify_report
 from mgmt_stub.rollout import (
     IMMEDIATE,
     AssignmentRef,

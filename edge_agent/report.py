@@ -1,0 +1,122 @@
+"""Signed status reports: how an air-gapped site's events reach the management side by USB.
+
+A report is a DSSE envelope (the same envelope as a bundle's metadata) whose payload type is
+``STATUS_REPORT_PAYLOAD_TYPE`` and whose payload is canonical JSON::
+
+    {"_type": "status-report", "format_version": 1, "cluster_id": "...",
+     "report_id": "<1-64 of [A-Za-z0-9._-]>", "created_at": "YYYY-MM-DDTHH:MM:SSZ",
+     "events": [{"id": ..., "type": ..., "time": ..., "data": {...}}, ...]}
+
+It is signed by the agent's own Ed25519 key, whose public half the agent presented at
+enrollment (or an operator registered). Events carry the same fields as an online event
+batch and are deduplicated by id the same way. The agent writes reports (``sign_report``),
+the management stub reads them (``verify_report``): one format, one module. Pure: no I/O,
+no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edge_agent.bundle import canonical
+from edge_agent.bundle.envelope import (
+    Role,
+    Signature,
+    encode_envelope,
+    keyid_for,
+    pae,
+    parse_envelope,
+    verify_envelope,
+)
+from edge_agent.errors import BundleError
+
+STATUS_REPORT_PAYLOAD_TYPE = "application/vnd.edge-agent.status-report+json; version=1"
+REPORT_TYPE = "status-report"
+MAX_REPORT_BYTES = 32 << 20
+
+
+class ReportError(Exception):
+    """The report is malformed, not for this cluster, or its signature does not verify."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    cluster_id: str
+    report_id: str
+    created_at: str
+    events: list[dict[str, Any]]
+
+
+def public_key_raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def sign_report(
+    key: Ed25519PrivateKey,
+    *,
+    cluster_id: str,
+    report_id: str,
+    created_at: str,
+    events: list[dict[str, Any]],
+) -> bytes:
+    """The signed report bytes (a DSSE envelope over the canonical payload)."""
+    payload = canonical.encode(
+        {
+            "_type": REPORT_TYPE,
+            "format_version": 1,
+            "cluster_id": cluster_id,
+            "report_id": report_id,
+            "created_at": created_at,
+            "events": events,
+        }
+    )
+    signature = key.sign(pae(STATUS_REPORT_PAYLOAD_TYPE, payload))
+    keyid = keyid_for(public_key_raw(key))
+    return encode_envelope(STATUS_REPORT_PAYLOAD_TYPE, payload, [Signature(keyid, signature)])
+
+
+def report_cluster(data: bytes) -> str:
+    """The cluster a report claims to come from (unverified: only to find its key)."""
+    try:
+        envelope = parse_envelope(data, what="status report", max_bytes=MAX_REPORT_BYTES)
+        doc = canonical.decode(envelope.payload, max_bytes=MAX_REPORT_BYTES)
+    except BundleError as exc:
+        raise ReportError(str(exc)) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("cluster_id"), str):
+        raise ReportError("status report: payload has no cluster_id")
+    return str(doc["cluster_id"])[:253]
+
+
+def verify_report(data: bytes, *, agent_key: bytes) -> StatusReport:
+    """Check the signature with the agent's key before reading anything; return the report."""
+    try:
+        envelope = parse_envelope(data, what="status report", max_bytes=MAX_REPORT_BYTES)
+        keyid = keyid_for(agent_key)
+        verify_envelope(
+            envelope,
+            what="status report",
+            expected_type=STATUS_REPORT_PAYLOAD_TYPE,
+            keys={keyid: agent_key},
+            role=Role(frozenset({keyid}), 1),
+        )
+        doc = canonical.decode(envelope.payload, max_bytes=MAX_REPORT_BYTES)
+    except BundleError as exc:
+        raise ReportError(str(exc)) from None
+    if not isinstance(doc, Mapping):
+        raise ReportError("status report: payload is not an object")
+    expected = {"_type", "format_version", "cluster_id", "report_id", "created_at", "events"}
+    if set(doc) != expected:
+        raise ReportError(f"status report: fields must be exactly {', '.join(sorted(expected))}")
+    if doc["_type"] != REPORT_TYPE or doc["format_version"] != 1:
+        raise ReportError("status report: not a format_version 1 status-report")
+    if not isinstance(doc["events"], list):
+        raise ReportError("status report: events must be a list")
+    for name in ("cluster_id", "report_id", "created_at"):
+        if not isinstance(doc[name], str):
+            raise ReportError(f"status report: {name} must be a string")
+    return StatusReport(doc["cluster_id"], doc["report_id"], doc["created_at"], doc["events"])
