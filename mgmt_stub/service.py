@@ -34,6 +34,7 @@ from typing import Any
 
 from edge_agent.bundle.model import is_valid_cluster_id, is_valid_label
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
+from edge_agent.files import fsync_dir
 from edge_agent.report import ReportError, report_cluster, verify_report
 from mgmt_stub import credentials as creds
 from mgmt_stub.builder import ProfileError, build_bundle
@@ -508,7 +509,9 @@ class ManagementService:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         shutil.rmtree(folder, ignore_errors=True)  # a leftover of a crash before the commit
+        _fsync_tree(staging)
         os.replace(staging, folder)
+        fsync_dir(folder.parent)
         row = {
             "name": name,
             "version": version,
@@ -715,6 +718,7 @@ class ManagementService:
             )
         except ProfileError as exc:
             raise Problem(422, "profile-invalid", str(exc)) from None
+        fsync_dir(output.parent)  # the row below must never name a file a power cut lost
         data = output.read_bytes()
         self.db.add_bundle(
             {
@@ -1043,6 +1047,16 @@ def _check_event(event: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict) or len(json.dumps(data)) > MAX_EVENT_DATA:
         raise Problem(422, "invalid", f"event {event_id}: data must be an object of at most 16 KiB")
     return {"id": event_id, "type": kind, "time": time, "data": data}
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            fsync_dir(path)
+    fsync_dir(folder)
 
 
 def _write_profile(folder: Path, name: str, doc: Mapping[str, Any]) -> None:
