@@ -382,8 +382,7 @@ class ManagementService:
     def wait_state(self, cluster_id: str) -> tuple[str | None, int]:
         """What a waiting agent compares: its desired ETag and newest action sequence."""
         desired = self.desired(cluster_id)
-        row = self.db.cluster(cluster_id)
-        return (desired.etag if desired else None), (row["action_seq"] if row else 0)
+        return (desired.etag if desired else None), self.db.action_seq(cluster_id)
 
     def pending_actions(self, cluster_id: str) -> list[Row]:
         return self.db.pending_actions(cluster_id)

@@ -205,6 +205,10 @@ class Storage:
     def clusters(self) -> list[Row]:
         return self._all("SELECT * FROM clusters ORDER BY id")
 
+    def action_seq(self, id_: str) -> int:
+        row = self._one("SELECT action_seq FROM clusters WHERE id=?", (id_,))
+        return int(row["action_seq"]) if row else 0
+
     def add_cluster(self, id_: str, labels: Mapping[str, str], at: str) -> None:
         self._db.execute(
             "INSERT INTO clusters (id, labels, created_at) VALUES (?,?,?)",
