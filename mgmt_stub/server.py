@@ -16,7 +16,7 @@ memory only, apart from SQLite reads that are cached.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,7 +50,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # -- request and response bodies --------------------------------------------------------
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A JSON body as declared: unknown fields refused, no coercion ("1" or true is no 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Labels = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)]
@@ -195,7 +197,7 @@ class SecretResponse(Strict):
 
 # -- problem details ------------------------------------------------------------------
 def problem(
-    status: int, kind: str, detail: str, headers: dict[str, str] | None = None
+    status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(
         {
@@ -267,20 +269,36 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _TooLarge(limit)
+                # An HTTPException, so FastAPI's body parsing passes it on instead of turning
+                # it into a 400; the exception handlers answer it as a 413 problem.
+                raise TooLarge(limit)
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge as exc:
-            await problem(413, "body-too-large", f"body exceeds {exc.limit} bytes")(
-                scope, receive, send
-            )
+        await self.app(scope, limited, send)
 
 
-class _TooLarge(Exception):
+class TooLarge(StarletteHTTPException):
+    """A body (chunked or lying about its length) grew past its limit while being read."""
+
     def __init__(self, limit: int) -> None:
+        super().__init__(413, f"body exceeds {limit} bytes")
         self.limit = limit
+
+
+_HTTP_KINDS = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "body-too-large",
+    415: "unsupported-media-type",
+}
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 # -- the application --------------------------------------------------------------------
@@ -332,19 +350,43 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        loc = tuple(first.get("loc", ()))
+        where = ".".join(str(p) for p in loc)
         kind = first.get("type", "")
         if kind == "json_invalid":
-            return problem(400, "bad-json", f"body is not valid JSON: {first.get('msg', '')}")
+            reason = (first.get("ctx") or {}).get("error") or first.get("msg", "")
+            return problem(400, "bad-json", f"body is not valid JSON: {reason}")
+        if kind == "missing" and loc == ("body",):
+            return problem(422, "invalid", "a JSON body is required")
+        if loc == ("body",) and not _is_json(request.headers.get("content-type")):
+            # FastAPI reads a body without a JSON media type as bytes, which then fails the
+            # model with a message about dictionaries; say what is actually wrong.
+            return problem(
+                415,
+                "unsupported-media-type",
+                "the body must be JSON sent as Content-Type: application/json",
+            )
         return problem(422, "invalid", f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, "http-error", str(exc.detail))
+        detail = str(exc.detail)
+        kind = _HTTP_KINDS.get(exc.status_code, "http-error")
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            kind, detail = "bad-json", "body is not valid JSON: it is nested too deeply"
+        elif exc.status_code == 400 and exc.__cause__ is not None:
+            kind, detail = "bad-json", "body is not valid JSON"
+        return problem(exc.status_code, kind, detail, headers=exc.headers)
 
     @app.exception_handler(RecursionError)
     async def _deep(request: Request, exc: RecursionError) -> JSONResponse:
-        return problem(400, "bad-json", "body is nested too deeply")
+        return problem(400, "bad-json", "body is not valid JSON: it is nested too deeply")
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Reached through Starlette's ServerErrorMiddleware, which still logs the traceback:
+        # the client gets a problem document like every other error, never the exception.
+        return problem(500, "internal-error", "the server failed on this request; see its log")
 
     app.add_middleware(BodyLimit)
 
