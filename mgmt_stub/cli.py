@@ -155,6 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.tls_key,
         access_log=args.access_log,
         timeout_keep_alive=120,  # agents keep one connection across their 60 s cycles
+        timeout_graceful_shutdown=5,  # waiting agents are told to come back, not waited for
         backlog=4096,
         log_level="info",
         server_header=False,

@@ -37,3 +37,36 @@ def test_enrolled_cluster_gets_a_bundle_the_agent_verifies(stub, tmp_path: Path)
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_sigterm_stops_the_server_promptly_while_agents_wait(stub) -> None:
+    import threading
+    import time
+
+    import httpx
+
+    credential = stub.enroll("site-2")
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            with httpx.Client(base_url=stub.url, timeout=60) as client:
+                response = client.get(
+                    "/v1/agent/wait",
+                    params={"timeout": 300},
+                    headers={"Authorization": f"Bearer {credential}"},
+                )
+                outcome.append(response.status_code)
+        except httpx.TransportError as exc:
+            outcome.append(type(exc).__name__)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)  # let the request reach the server and start waiting
+    started = time.monotonic()
+    # uvicorn re-raises SIGTERM after its clean shutdown; systemd counts that as success.
+    assert stub.stop() in (0, -15)
+    assert time.monotonic() - started < 10
+    assert "Application shutdown complete" in (stub.root / "stub.log").read_text()
+    waiter.join(timeout=10)
+    assert outcome, "the waiting agent was not answered or disconnected"
