@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -228,20 +229,74 @@ _PROBLEM_SCHEMA = {
         }
     }
 }
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, **_PROBLEM_SCHEMA}
-    for code, text in [
-        (400, "Malformed request"),
-        (401, "Missing, unknown or revoked credential"),
-        (403, "Credential lacks the role"),
-        (404, "Not found"),
-        (405, "Method not allowed"),
-        (409, "Conflicts with current state"),
-        (413, "Body too large"),
-        (415, "Unsupported media type"),
-        (422, "Invalid content"),
-    ]
+_ERROR_TEXT = {
+    400: "Malformed request (not JSON, or nested too deeply)",
+    401: "Missing, unknown or revoked credential or token",
+    403: "Credential lacks the role, or the token is for another cluster",
+    404: "Not found",
+    409: "Conflicts with current state",
+    413: "Body too large",
+    415: "Body is not sent as application/json",
+    422: "Invalid content",
 }
+_JSON_BODY = (400, 413, 415, 422)  # what any JSON body can earn
+
+# Every error status each operation can answer, by (method, path): the OpenAPI document
+# declares exactly these, and create_app refuses to start with a route missing here.
+# 404 and 405 for paths and methods that do not exist are not any operation's.
+CONTRACT: dict[tuple[str, str], tuple[int, ...]] = {
+    ("GET", "/healthz"): (),
+    ("GET", "/dashboard"): (),
+    ("POST", "/v1/enroll"): (401, 403, 409, *_JSON_BODY),
+    ("GET", "/v1/agent/desired"): (401, 422),
+    ("POST", "/v1/agent/events"): (401, *_JSON_BODY),
+    ("GET", "/v1/agent/actions"): (401,),
+    ("GET", "/v1/agent/wait"): (401, 422),
+    ("POST", "/v1/agent/credential"): (401,),
+    ("GET", "/v1/admin/clusters"): (401, 422),
+    ("POST", "/v1/admin/clusters"): (401, 403, 409, *_JSON_BODY),
+    ("GET", "/v1/admin/clusters/{cluster_id}"): (401, 404, 422),
+    ("PUT", "/v1/admin/clusters/{cluster_id}/labels"): (401, 403, 404, *_JSON_BODY),
+    ("POST", "/v1/admin/clusters/{cluster_id}/revoke"): (401, 403, 404, 422),
+    ("GET", "/v1/admin/profiles"): (401,),
+    ("GET", "/v1/admin/profiles/{name}"): (401, 404, 422),
+    ("PUT", "/v1/admin/profiles/{name}"): (401, 403, *_JSON_BODY),
+    ("GET", "/v1/admin/assignments"): (401,),
+    ("GET", "/v1/admin/assignments/{name}"): (401, 404, 422),
+    ("PUT", "/v1/admin/assignments/{name}"): (401, 403, *_JSON_BODY),
+    ("DELETE", "/v1/admin/assignments/{name}"): (401, 403, 404, 422),
+    ("GET", "/v1/admin/rollouts"): (401,),
+    ("POST", "/v1/admin/rollouts/{rollout_id}/{verb}"): (401, 403, 404, 409, 422),
+    ("POST", "/v1/admin/actions"): (401, 403, 404, *_JSON_BODY),
+    ("GET", "/v1/admin/actions"): (401, 422),
+    ("GET", "/v1/admin/bundles"): (401,),
+    ("GET", "/v1/admin/bundles/export"): (401, 403, 404, 409, 422),
+    ("POST", "/v1/admin/ingest"): (401, 403, 404, 409, 413, 422),
+    ("GET", "/v1/admin/tokens"): (401, 403),
+    ("POST", "/v1/admin/tokens"): (401, 403, *_JSON_BODY),
+    ("DELETE", "/v1/admin/tokens/{token_id}"): (401, 403, 404, 422),
+    ("GET", "/v1/admin/operators"): (401, 403),
+    ("POST", "/v1/admin/operators"): (401, 403, 409, *_JSON_BODY),
+    ("DELETE", "/v1/admin/operators/{name}"): (401, 403, 404, 422),
+    ("GET", "/v1/admin/audit"): (401, 403, 422),
+    ("GET", "/v1/admin/stats"): (401,),
+}
+
+
+def _declare_errors(router: APIRouter) -> None:
+    """Give every operation exactly the error responses ``CONTRACT`` lists for it (before the
+    router is included: the app's copies of the routes are built from these)."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        for method in route.methods or ():
+            codes = CONTRACT.get((method, route.path))
+            if codes is None:
+                raise RuntimeError(f"{method} {route.path} has no entry in server.CONTRACT")
+            route.responses = {
+                **route.responses,
+                **{code: {"description": _ERROR_TEXT[code], **_PROBLEM_SCHEMA} for code in codes},
+            }
 
 
 class BodyLimit:
@@ -336,7 +391,6 @@ def create_app(
         title="edge-agent management stub",
         version="1",
         lifespan=lifespan,
-        responses=ERRORS,
         docs_url=None,
         redoc_url=None,
     )
@@ -390,15 +444,20 @@ def create_app(
 
     app.add_middleware(BodyLimit)
 
-    def operator(need: str) -> Callable[..., Operator]:
-        def check(
+    # The dependencies are coroutines so that they run on the event loop thread, like every
+    # other use of the service: a plain ``def`` would run in a worker thread and share the
+    # service's caches and its one SQLite connection with the loop.
+    def operator(need: str) -> Callable[..., Awaitable[Operator]]:
+        async def check(
             auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> Operator:
             return service.authenticate_operator(auth.credentials if auth else None, need)
 
         return check
 
-    def agent(auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    async def agent(
+        auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> str:
         return service.authenticate_agent(auth.credentials if auth else None)
 
     Viewer = Annotated[Operator, Depends(operator("viewer"))]
@@ -480,10 +539,15 @@ def create_app(
         )
 
     @agents.post("/credential", status_code=201)
-    async def rotate(cluster_id: AgentId) -> CredentialResponse:
+    async def rotate(
+        auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> CredentialResponse:
         """A new credential; the one used for this call stops working at the new one's
         first use, so an answer lost on the way never locks the agent out."""
-        cred_id, credential = service.rotate_credential(cluster_id)
+        cluster_id, caller = service.authenticate_agent_credential(
+            auth.credentials if auth else None
+        )
+        cred_id, credential = service.rotate_credential(cluster_id, caller)
         return CredentialResponse(credential_id=cred_id, credential=credential)
 
     # -- operators ----------------------------------------------------------------------
@@ -724,7 +788,7 @@ def create_app(
             },
         )
 
-    app.include_router(public)
-    app.include_router(agents)
-    app.include_router(admin)
+    for router in (public, agents, admin):
+        _declare_errors(router)
+        app.include_router(router)
     return app

@@ -12,6 +12,7 @@ and a detail, never a 5xx, the process keeps serving, and its log has no traceba
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge_agent.clock import format_time
 from tests.conftest import PROFILES, wait_for
 from tests.stub_process import StubProcess, profile_body
 
@@ -192,19 +194,21 @@ def test_a_batch_with_a_repeated_id_is_refused_whole(stub: StubProcess) -> None:
 
 def test_health_events_update_the_cluster_and_a_late_older_one_does_not(stub: StubProcess) -> None:
     agent = stub.agent("api-health")
-    newer = event("h-2", "health", "2030-01-01T12:00:00Z", verdict="degraded", revision=7, drift=2)
+    now = dt.datetime.now(dt.UTC)
+    at = {h: format_time(now - dt.timedelta(hours=h)) for h in (1, 2, 3)}  # in the past
+    newer = event("h-2", "health", at[2], verdict="degraded", revision=7, drift=2)
     assert agent.post("/v1/agent/events", json={"events": [newer]}).json()["accepted"] == 1
     current = row(stub, "api-health")
     assert (current["health"], current["reported"], current["drift"]) == ("degraded", 7, 2)
-    assert current["last_report_at"] == "2030-01-01T12:00:00Z"
+    assert current["last_report_at"] == at[2]
 
-    older = event("h-1", "health", "2030-01-01T11:00:00Z", verdict="healthy", revision=6, drift=0)
+    older = event("h-1", "health", at[3], verdict="healthy", revision=6, drift=0)
     assert agent.post("/v1/agent/events", json={"events": [older]}).json()["accepted"] == 1
     after = row(stub, "api-health")
     assert (after["health"], after["reported"], after["drift"]) == ("degraded", 7, 2)
-    assert after["last_report_at"] == "2030-01-01T12:00:00Z"
+    assert after["last_report_at"] == at[2]
 
-    newest = event("h-3", "health", "2030-01-01T13:00:00Z", verdict="healthy", revision=8, drift=0)
+    newest = event("h-3", "health", at[1], verdict="healthy", revision=8, drift=0)
     agent.post("/v1/agent/events", json={"events": [newest]})
     final = row(stub, "api-health")
     assert (final["health"], final["reported"], final["drift"]) == ("healthy", 8, 0)
