@@ -105,7 +105,12 @@ class Strategy:
 
     @property
     def immediate(self) -> bool:
-        return not self.canary_labels and self.canary_percent == 0 and self.max_unavailable == 0
+        return (
+            not self.canary_labels
+            and self.canary_percent == 0
+            and self.max_unavailable == 0
+            and self.max_unavailable_percent == 0
+        )
 
     def budget(self, members: int) -> int:
         if self.max_unavailable_percent:

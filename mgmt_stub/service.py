@@ -58,6 +58,9 @@ _PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.ya?ml")
 _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_REPORT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_REPORT_EVENTS = 200_000
+EVENT_RETENTION_DAYS = 90  # also the window in which a re-sent event id is recognised
 BUNDLE_DAYS = 30
 RENEW_DAYS = 10  # re-sign a stable bundle when it has this long left
 MAX_EVENT_DATA = 16 << 10
@@ -116,11 +119,8 @@ class ManagementService:
             (data_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         self.db = Storage(data_dir / "stub.db")
-        self._creds: dict[str, _Cred] = {}
+        self._creds: dict[str, _Cred] = {}  # credential id -> cached row
         self._desired: dict[str, Desired | None] = {}
-        self._bundle_assignment: dict[int, str] = {
-            b["revision"]: b["assignment"] for b in self.db.bundles()
-        }
         self._seen: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._next_renewal: dt.datetime | None = None
@@ -144,6 +144,10 @@ class ManagementService:
         return Operator(row["name"], row["role"])
 
     def authenticate_agent(self, token: str | None) -> str:
+        return self.authenticate_agent_credential(token)[0]
+
+    def authenticate_agent_credential(self, token: str | None) -> tuple[str, str]:
+        """(cluster id, credential id) of a valid agent credential; Problem(401) otherwise."""
         secret = creds.parse_secret(token or "", "eac")
         if secret is None:
             raise Problem(401, "unauthenticated", "an agent credential is required")
@@ -168,7 +172,12 @@ class ManagementService:
                 old.revoked = True
             cached.replaces = None
         self._seen[cached.cluster_id] = now_text(self.clock)
-        return cached.cluster_id
+        return cached.cluster_id, secret.id
+
+    def _forget_credentials(self, cluster_id: str) -> None:
+        """Drop a cluster's cached credentials; the next use re-reads them from the DB."""
+        for cred_id in [k for k, v in self._creds.items() if v.cluster_id == cluster_id]:
+            del self._creds[cred_id]
 
     def flush_seen(self) -> None:
         if self._seen:
@@ -266,20 +275,18 @@ class ManagementService:
         secret_out = creds.new_secret("eac")
         with self.db.transaction():
             existing = self.db.cluster(cluster_id)
-            if existing is not None and existing["enrolled_at"] and row["cluster_id"] != cluster_id:
+            if existing is not None and row["cluster_id"] != cluster_id:
                 raise Problem(
                     409,
-                    "already-enrolled",
-                    f"cluster {cluster_id!r} is already enrolled; re-enrolling needs a token "
-                    f"created for that cluster id",
+                    "already-enrolled" if existing["enrolled_at"] else "registered",
+                    f"cluster {cluster_id!r} is already "
+                    f"{'enrolled' if existing['enrolled_at'] else 'registered'}; enrolling it "
+                    f"needs a token created for that cluster id",
                 )
             if existing is None:
                 self.db.add_cluster(cluster_id, merged, now)
             else:
                 self.db.revoke_credentials(cluster_id, now)
-                for cred in self._creds.values():
-                    if cred.cluster_id == cluster_id:
-                        cred.revoked = True
             fields: dict[str, Any] = {"labels": merged, "enrolled_at": now}
             if key is not None:
                 fields["agent_key"] = key
@@ -288,20 +295,23 @@ class ManagementService:
             self.db.use_token(row["id"])
             self._audit(f"token:{row['id']}", "cluster.enroll", cluster_id, {"labels": merged})
             self._place(cluster_id)
+        self._forget_credentials(cluster_id)
         return secret_out.id, secret_out.text
 
-    def rotate_credential(self, cluster_id: str) -> tuple[str, str]:
-        """A new credential; the current one keeps working until the new one is first used."""
+    def rotate_credential(self, cluster_id: str, caller: str) -> tuple[str, str]:
+        """A new credential replacing ``caller`` (the one this request authenticated with).
+
+        ``caller`` keeps working until the new one is first used. Any other live credential
+        of the cluster (an earlier rotation whose answer was lost) is revoked, never
+        ``caller``: an agent that retries after a lost answer is never locked out.
+        """
         secret = creds.new_secret("eac")
         now = now_text(self.clock)
         with self.db.transaction():
-            current = [c for c in self.db.credentials(cluster_id) if not c["revoked_at"]]
-            replaces = current[-1]["id"] if current else None
-            # An earlier rotation whose answer was lost is superseded, never left dangling.
-            self.db.revoke_credentials(cluster_id, now, except_id=replaces)
-            self.db.add_credential(secret.id, cluster_id, secret.digest, now, replaces)
+            self.db.revoke_credentials(cluster_id, now, except_id=caller)
+            self.db.add_credential(secret.id, cluster_id, secret.digest, now, caller)
             self._audit(f"cluster:{cluster_id}", "credential.rotate", cluster_id, {})
-        self._creds = {k: v for k, v in self._creds.items() if v.cluster_id != cluster_id}
+        self._forget_credentials(cluster_id)
         return secret.id, secret.text
 
     # -- clusters ------------------------------------------------------------------------
@@ -336,9 +346,7 @@ class ManagementService:
             self.cluster(cluster_id)
             count = self.db.revoke_credentials(cluster_id, now_text(self.clock))
             self._audit(actor, "cluster.revoke", cluster_id, {"credentials": count})
-        for cred in self._creds.values():
-            if cred.cluster_id == cluster_id:
-                cred.revoked = True
+        self._forget_credentials(cluster_id)
         return count
 
     def cluster(self, cluster_id: str) -> Row:
@@ -409,12 +417,15 @@ class ManagementService:
         if event["type"] == "health":
             row = self.db.cluster(cluster_id)
             assert row is not None
-            if row["last_report_at"] and event["time"] < row["last_report_at"]:
+            # Ordered by the agent's time, but never later than ours: one event from a clock
+            # set to 2099 must not make every later, correct report look older.
+            at = min(event["time"], now_text(self.clock))
+            if row["last_report_at"] and at < row["last_report_at"]:
                 return  # an older report delivered late never overwrites a newer one
             verdict = data.get("verdict")
             revision = data.get("revision")
             drift = data.get("drift")
-            fields: dict[str, Any] = {"last_report_at": event["time"]}
+            fields: dict[str, Any] = {"last_report_at": at}
             if verdict in VERDICTS:
                 fields["health"] = verdict
             if isinstance(revision, int) and not isinstance(revision, bool):
@@ -461,6 +472,22 @@ class ManagementService:
             parse_time(report.created_at)
         except ValueError as exc:
             raise Problem(422, "report-invalid", f"status report: {exc}") from None
+        if not _REPORT_ID.fullmatch(report.report_id):
+            raise Problem(
+                422, "report-invalid", "status report: report_id must be 1-64 of [A-Za-z0-9._-]"
+            )
+        if len(report.events) > MAX_REPORT_EVENTS:
+            raise Problem(
+                422, "report-invalid", f"status report: more than {MAX_REPORT_EVENTS} events"
+            )
+        for index, event in enumerate(report.events):
+            if not isinstance(event, dict) or set(event) != {"id", "type", "time", "data"}:
+                raise Problem(
+                    422,
+                    "report-invalid",
+                    f"status report: event {index} must be an object with exactly id, type, "
+                    f"time and data",
+                )
         with self.db.transaction():
             accepted, duplicates = self.post_events(report.cluster_id, report.events, via="usb")
             new = self.db.add_report(
@@ -593,12 +620,17 @@ class ManagementService:
             )
             after = self.db.assignment(name)
             assert after is not None
-            changed_content = (
-                before is None
-                or before["profile"] != profile
-                or before["selector"] != selector.to_json()
-            )
-            if changed_content:
+            active = self.db.active_rollout(name)
+            if active and before and before["strategy"] != after["strategy"]:
+                # Loosening (or tightening) the budget applies to the rollout under way.
+                self.db.update_rollout(active["id"], strategy=after["strategy"])
+            if before is None or before["selector"] != selector.to_json():
+                # The bundle's target is the selector: a bundle for the old selector is no use
+                # to the new members, so a new selector goes out at once, not staged.
+                self._new_target(
+                    after, latest["version"], reason=f"assignment {name}", immediate=True
+                )
+            elif before["profile"] != profile:
                 self._new_target(after, latest["version"], reason=f"assignment {name}")
             self._place_all()
         return self.assignment(name)
@@ -620,7 +652,7 @@ class ManagementService:
         if row is None:
             raise Problem(404, "not-found", f"no assignment {name[:64]!r}")
         row["rollout"] = self.db.active_rollout(name)
-        row["members"] = len(self.db.members(name))
+        row["members"] = self.db.member_count(name)
         return row
 
     def assignments(self) -> list[Row]:
@@ -659,6 +691,7 @@ class ManagementService:
                 # Agents refuse lower revisions, so the old content goes out as a new one.
                 revision = self._build(
                     assignment,
+                    previous["profile"],
                     previous["profile_version"],
                     reason=f"rollback of rollout {rollout_id}",
                 )
@@ -673,16 +706,18 @@ class ManagementService:
         assert row is not None
         return row
 
-    def _new_target(self, assignment: Row, profile_version: int, *, reason: str) -> None:
+    def _new_target(
+        self, assignment: Row, profile_version: int, *, reason: str, immediate: bool = False
+    ) -> None:
         """A new profile version for an assignment: build it, then roll it out."""
         name = assignment["name"]
-        revision = self._build(assignment, profile_version, reason=reason)
+        revision = self._build(assignment, assignment["profile"], profile_version, reason=reason)
         active = self.db.active_rollout(name)
         now = now_text(self.clock)
         if active:
             self.db.update_rollout(active["id"], state="superseded", updated_at=now)
         strategy = _strategy_from(assignment["strategy"])
-        if assignment["stable"] is None or strategy.immediate:
+        if assignment["stable"] is None or strategy.immediate or immediate:
             self.db.set_stable(name, revision)
         else:
             self.db.add_rollout(
@@ -699,9 +734,10 @@ class ManagementService:
             )
         self._reconcile(name)
 
-    def _build(self, assignment: Row, profile_version: int, *, reason: str) -> int:
+    def _build(self, assignment: Row, profile: str, profile_version: int, *, reason: str) -> int:
+        """Build and record one bundle of ``profile`` at ``profile_version`` for an assignment."""
         revision = self.db.next_revision()
-        folder = self.data / "profiles" / assignment["profile"] / str(profile_version)
+        folder = self.data / "profiles" / profile / str(profile_version)
         output = self.data / "bundles" / f"{revision}.bundle"
         now = self.clock.now()
         target = Selector.from_json(assignment["selector"]).to_json()
@@ -716,7 +752,8 @@ class ManagementService:
                 expires_days=BUNDLE_DAYS,
             )
         except ProfileError as exc:
-            raise Problem(422, "profile-invalid", str(exc)) from None
+            detail = str(exc).replace(str(folder), f"profile {profile} v{profile_version}")
+            raise Problem(422, "profile-invalid", detail) from None
         fsync_dir(output.parent)  # the row below must never name a file a power cut lost
         data = output.read_bytes()
         self.db.add_bundle(
@@ -724,7 +761,7 @@ class ManagementService:
                 "revision": revision,
                 "bundle_id": bundle_id,
                 "assignment": assignment["name"],
-                "profile": assignment["profile"],
+                "profile": profile,
                 "profile_version": profile_version,
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "size": len(data),
@@ -734,7 +771,6 @@ class ManagementService:
                 "reason": reason,
             }
         )
-        self._bundle_assignment[revision] = assignment["name"]
         return revision
 
     def _place(self, cluster_id: str) -> None:
@@ -747,38 +783,33 @@ class ManagementService:
             self.db.set_desired([(cluster_id, name, row["desired"])])
             if row["assignment"]:
                 self._dirty.add(row["assignment"])
-        if name is not None:
-            if self.db.active_rollout(name) is None and not self._needs_reissue(name, [row]):
-                stable = self.db.assignment(name)
-                assert stable is not None
-                if stable["stable"] is not None and (row["desired"] or 0) < stable["stable"]:
-                    self._set_desired([(cluster_id, name, stable["stable"])])
-            else:
-                self._reconcile(name)
+        if name is None:
+            return
+        assignment = self.db.assignment(name)
+        assert assignment is not None
+        rollout = self.db.active_rollout(name)
+        stable = assignment["stable"]
+        top = rollout["to_revision"] if rollout else stable
+        current = row["desired"] or 0
+        if top is not None and current > top:
+            self._reconcile(name)  # holds something newer: the assignment is re-issued
+        elif stable is not None and current < stable:
+            # The stable revision at once (O(1)); a rollout picks the cluster up on its next
+            # step (within a second), without re-planning every member per enrollment.
+            self._set_desired([(cluster_id, name, stable)])
+            if rollout:
+                self._dirty.add(name)
 
     def _place_all(self) -> None:
         refs = [_ref(a) for a in self.db.assignments()]
         moves = []
-        touched: set[str] = set()
         for row in self.db.clusters():
             name = choose_assignment(row["id"], row["labels"], refs)
             if name != row["assignment"]:
                 moves.append((row["id"], name, row["desired"]))
-                touched.update(n for n in (name, row["assignment"]) if n)
         self.db.set_desired(moves)
         for ref in refs:
             self._reconcile(ref.name)
-
-    def _needs_reissue(self, name: str, rows: Iterable[Row]) -> bool:
-        assignment = self.db.assignment(name)
-        stable = assignment["stable"] if assignment else None
-        return any(
-            r["desired"] is not None
-            and stable is not None
-            and r["desired"] > stable
-            and self._bundle_assignment.get(r["desired"]) != name
-            for r in rows
-        )
 
     def _reconcile(self, name: str, *, reissued: bool = False) -> None:
         """Bring an assignment's members' desired revisions up to date (in a transaction)."""
@@ -811,25 +842,23 @@ class ManagementService:
                 paused=rollout["state"] == "paused",
                 members=members,
             )
-        foreign = [
-            cid for cid, rev in plan.desired.items() if self._bundle_assignment.get(rev) != name
-        ]
-        if foreign and not reissued:
-            # A member still holds a newer revision built for another assignment; agents would
-            # refuse anything lower, so this assignment's content goes out again, higher.
+        top = assignment["stable"] if rollout is None else rollout["to_revision"]
+        if any(rev > top for rev in plan.desired.values()) and not reissued:
+            # A member holds a revision newer than this assignment's newest (built for another
+            # assignment). Agents refuse anything lower, so this assignment's content goes out
+            # again as the newest revision of all: one build, after which nothing is above it.
+            # (A member between stable and target just waits for its turn.)
+            source = self.db.bundle(top)
+            assert source is not None
+            revision = self._build(
+                assignment,
+                source["profile"],
+                source["profile_version"],
+                reason="re-issue above another assignment's revision",
+            )
             if rollout is None:
-                revision = self._build(
-                    assignment,
-                    self._profile_version(assignment["stable"]),
-                    reason="re-issue above another assignment's revision",
-                )
                 self.db.set_stable(name, revision)
             else:
-                revision = self._build(
-                    assignment,
-                    self._profile_version(rollout["to_revision"]),
-                    reason="re-issue above another assignment's revision",
-                )
                 self.db.update_rollout(rollout["id"], to_revision=revision)
             self._reconcile(name, reissued=True)
             return
@@ -851,11 +880,6 @@ class ManagementService:
             if any(rollout[k] != v for k, v in fields.items()):
                 self.db.update_rollout(rollout["id"], updated_at=now_text(self.clock), **fields)
 
-    def _profile_version(self, revision: int) -> int:
-        bundle = self.db.bundle(revision)
-        assert bundle is not None
-        return int(bundle["profile_version"])
-
     def _set_desired(self, changes: Sequence[tuple[str, str | None, int | None]]) -> None:
         if not changes:
             return
@@ -869,11 +893,18 @@ class ManagementService:
         and re-sign bundles before they expire."""
         self.flush_seen()
         for name in sorted(self._dirty):
-            with self.db.transaction():
-                self._reconcile(name)
+            try:
+                with self.db.transaction():
+                    self._reconcile(name)
+            except Exception:
+                self._dirty.add(name)  # tried again at the next tick
+                raise
         if self._next_renewal is None or self.clock.now() >= self._next_renewal:
-            self.renew_bundles()
             self._next_renewal = self.clock.now() + dt.timedelta(hours=1)
+            self.renew_bundles()
+            cutoff = self.clock.now() - dt.timedelta(days=EVENT_RETENTION_DAYS)
+            with self.db.transaction():
+                self.db.prune_events(format_time(cutoff))
 
     def renew_bundles(self) -> list[int]:
         """Re-issue every stable bundle within RENEW_DAYS of expiry as a new revision.
@@ -894,6 +925,7 @@ class ManagementService:
             with self.db.transaction():
                 revision = self._build(
                     assignment,
+                    bundle["profile"],
                     bundle["profile_version"],
                     reason=f"renewal of revision {stable} (expires {bundle['expires_at']})",
                 )

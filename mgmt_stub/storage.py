@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS events (
     cluster_id TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL,
     time TEXT NOT NULL, received_at TEXT NOT NULL, via TEXT NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (cluster_id, event_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS actions (
     id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, seq INTEGER NOT NULL,
     type TEXT NOT NULL, params TEXT NOT NULL, created_at TEXT NOT NULL,
@@ -314,6 +315,10 @@ class Storage:
             (assignment,),
         )
 
+    def member_count(self, assignment: str) -> int:
+        row = self._one("SELECT COUNT(*) AS n FROM clusters WHERE assignment=?", (assignment,))
+        return int(row["n"]) if row else 0
+
     def set_desired(self, changes: Iterable[tuple[str, str | None, int | None]]) -> None:
         """(cluster, assignment, desired revision) for each cluster that changes."""
         self._db.executemany(
@@ -395,6 +400,9 @@ class Storage:
                 "UPDATE clusters SET events = events + ? WHERE id=?", (count, cluster_id)
             )
         return fresh
+
+    def prune_events(self, before: str) -> int:
+        return self._db.execute("DELETE FROM events WHERE received_at < ?", (before,)).rowcount
 
     def events(self, cluster_id: str, limit: int) -> list[Row]:
         return self._all(

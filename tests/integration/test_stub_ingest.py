@@ -103,3 +103,27 @@ def test_forged_or_foreign_reports_are_refused_and_change_nothing(stub) -> None:
         ]
     )
     assert viewer.post("/v1/admin/ingest", content=forged).status_code == 403
+
+
+def test_a_signed_report_with_malformed_events_is_refused_not_a_server_error(stub) -> None:
+    key = Ed25519PrivateKey.generate()
+    stub.admin.post(
+        "/v1/admin/clusters",
+        json={"cluster_id": "mine-9", "agent_key": base64.b64encode(public_key_raw(key)).decode()},
+    ).raise_for_status()
+    for events in ([{"type": "health"}], ["x"], [{"id": "a", "type": "health", "time": "x"}]):
+        report = sign_report(
+            key,
+            cluster_id="mine-9",
+            report_id="m",
+            created_at="2026-11-20T09:00:00Z",
+            events=events,  # type: ignore[arg-type]
+        )
+        response = stub.admin.post("/v1/admin/ingest", content=report)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    bad_id = sign_report(
+        key, cluster_id="mine-9", report_id="../x", created_at="2026-11-20T09:00:00Z", events=[]
+    )
+    assert stub.admin.post("/v1/admin/ingest", content=bad_id).status_code == 422
+    assert stub.admin.get("/v1/admin/clusters/mine-9").json()["events"] == 0

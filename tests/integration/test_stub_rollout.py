@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,60 @@ def test_cluster_moving_to_an_assignment_with_an_older_bundle_gets_a_reissue(stu
     assert revision is not None and revision > 3
     bundle = {b["revision"]: b for b in stub.admin.get("/v1/admin/bundles").json()["bundles"]}
     assert bundle[revision]["assignment"] == "paris" and "re-issue" in bundle[revision]["reason"]
+
+
+def test_rollback_after_a_profile_switch_restores_the_previous_profile(stub) -> None:
+    stub.put_profile("hello-web", PROFILES / "hello-web")
+    stub.put_profile("monitoring", PROFILES / "monitoring")
+    body = {
+        "selector": {"labels": {"region": "eu"}},
+        "rollout": {"canary_percent": 50, "max_unavailable": 1},
+    }
+    stub.admin.put(
+        "/v1/admin/assignments/eu", json={"profile": "hello-web", **body}
+    ).raise_for_status()
+    agents = {name: stub.agent(name, {"region": "eu"}) for name in ("a", "b")}
+    stub.admin.put(
+        "/v1/admin/assignments/eu", json={"profile": "monitoring", **body}
+    ).raise_for_status()
+    rid = rollout(stub)["id"]
+    result = stub.admin.post(f"/v1/admin/rollouts/{rid}/rollback")
+    assert result.status_code == 200, result.text
+    bundles = stub.admin.get("/v1/admin/bundles").json()["bundles"]
+    assert [(b["profile"], b["profile_version"]) for b in bundles] == [
+        ("hello-web", 1),
+        ("monitoring", 1),
+        ("hello-web", 1),
+    ]
+    assert set(desired(agents).values()) == {bundles[-1]["revision"]}
+
+
+def test_a_waiting_member_with_a_foreign_revision_does_not_rebuild_every_tick(
+    stub, tmp_path: Path
+) -> None:
+    stub.put_profile("hello-web", PROFILES / "hello-web")
+    stub.put_profile("baseline", PROFILES / "baseline")
+    staged = {"canary": {"labels": {"ring": "canary"}}, "max_unavailable": 1}
+    stub.admin.put(
+        "/v1/admin/assignments/eu",
+        json={"profile": "hello-web", "selector": {"labels": {"region": "eu"}}, "rollout": staged},
+    ).raise_for_status()
+    stub.admin.put(
+        "/v1/admin/assignments/lab",
+        json={"profile": "baseline", "selector": {"labels": {"lab": "yes"}}, "priority": 5},
+    ).raise_for_status()
+    canary = stub.agent("can", {"region": "eu", "ring": "canary"})
+    stub.agent("main", {"region": "eu"})
+    mover = stub.agent("mover", {"region": "eu", "lab": "yes"})  # lab wins: revision 2
+    assert desired({"m": mover}) == {"m": 2}
+    stub.admin.put("/v1/admin/profiles/hello-web", json=changed_profile(tmp_path, 4))  # rev 3
+    stub.admin.put("/v1/admin/clusters/mover/labels", json={"labels": {"region": "eu"}})
+    health(canary, 3, "degraded")  # the canary never becomes done: the rollout waits
+    before = len(stub.admin.get("/v1/admin/bundles").json()["bundles"])
+    for _ in range(3):
+        health(canary, 3, "degraded")
+        time.sleep(1.2)  # the server re-plans once a second: let it run three times
+    bundles = stub.admin.get("/v1/admin/bundles").json()["bundles"]
+    assert len(bundles) == before, [b["reason"] for b in bundles]
+    assert rollout(stub)["phase"] == "canary"
+    assert desired({"m": mover})["m"] == 2  # waits on what it has until its turn

@@ -190,3 +190,10 @@ def test_highest_priority_then_name_governs_a_cluster() -> None:
     assert choose_assignment("site-2", {"region": "eu", "city": "berlin"}, refs) == "berlin"
     assert choose_assignment("site-9", {"region": "eu", "city": "berlin"}, refs) == "one"
     assert choose_assignment("site-3", {"region": "us"}, refs) is None
+
+
+def test_a_percent_budget_alone_is_a_staged_rollout() -> None:
+    strategy = Strategy(max_unavailable_percent=50)
+    assert not strategy.immediate
+    ms, phase = step(members(10), strategy)
+    assert phase == "progressing" and len(at_target(ms)) == 5
