@@ -321,3 +321,19 @@ def test_secrets_are_stored_and_logged_only_as_hashes(stub: StubProcess) -> None
         assert secret_part.encode() not in log, f"a {text[:3]} secret is in the log"
         # What is stored is the hash: proof that the files read are the ones written.
         assert creds.digest(secret_part).encode() in database
+
+
+def test_a_retried_rotation_does_not_lock_out_the_credential_in_use(stub: StubProcess) -> None:
+    """The answer to the first POST /v1/agent/credential is lost; the agent retries with
+    the credential it has. That credential keeps working until the newest one is first
+    used; only the lost one is superseded."""
+    old = stub.agent("pending-rotate")
+    lost = old.post("/v1/agent/credential")
+    assert lost.status_code == 201
+    retry = old.post("/v1/agent/credential")
+    assert retry.status_code == 201
+    assert old.get("/v1/agent/actions").status_code == 200
+    assert stub.client(lost.json()["credential"]).get("/v1/agent/actions").status_code == 401
+    newest = stub.client(retry.json()["credential"])
+    assert newest.get("/v1/agent/actions").status_code == 200
+    assert old.get("/v1/agent/actions").status_code == 401
