@@ -296,6 +296,7 @@ class ManagementService:
             self._audit(f"token:{row['id']}", "cluster.enroll", cluster_id, {"labels": merged})
             self._place(cluster_id)
         self._forget_credentials(cluster_id)
+        self._seen[cluster_id] = now  # enrolling is contact
         return secret_out.id, secret_out.text
 
     def rotate_credential(self, cluster_id: str, caller: str) -> tuple[str, str]:
