@@ -433,8 +433,8 @@ class ManagementService:
                 fields["reported"] = revision
             if isinstance(drift, int) and not isinstance(drift, bool) and drift >= 0:
                 fields["drift"] = drift
-            if isinstance(data.get("summary"), str):
-                fields["summary"] = data["summary"][:300]
+            summary = data.get("summary")  # replaced, not kept: an old one would mislead
+            fields["summary"] = summary[:300] if isinstance(summary, str) else None
             self.db.update_cluster(cluster_id, **fields)
             if row["assignment"] and self.db.active_rollout(row["assignment"]):
                 self._dirty.add(row["assignment"])

@@ -70,3 +70,23 @@ def test_sigterm_stops_the_server_promptly_while_agents_wait(stub) -> None:
     assert "Application shutdown complete" in (stub.root / "stub.log").read_text()
     waiter.join(timeout=10)
     assert outcome, "the waiting agent was not answered or disconnected"
+
+
+def test_a_cluster_unseen_for_longer_than_stale_after_shows_stale(tmp_path: Path) -> None:
+    from tests.conftest import wait_for
+    from tests.stub_process import StubProcess
+
+    stub = StubProcess.start(tmp_path / "stale", extra=("--stale-after", "1"))
+    try:
+        agent = stub.agent("site-s")
+        assert agent.get("/v1/agent/actions").status_code == 200
+
+        def connectivity() -> str:
+            return str(stub.admin.get("/v1/admin/clusters/site-s").json()["connectivity"])
+
+        assert connectivity() == "online"
+        wait_for(lambda: connectivity() == "stale", timeout_s=10)
+        agent.get("/v1/agent/actions")
+        assert connectivity() == "online"
+    finally:
+        stub.stop()
