@@ -628,15 +628,23 @@ async def warm_up(fleet: Fleet, concurrency: int) -> Obj:
     for conn in conns:
         pool.put_nowait(conn)
     times: list[float] = []
+    resets = 0
 
     async def one(i: int) -> None:
         auth = ("Authorization", f"Bearer {fleet.agents[i].credential}")
         data = build_request(
             "GET", "/v1/agent/desired", fleet.port, [*headers, auth, ("If-None-Match", fleet.etag)]
         )
+        nonlocal resets
         conn = await pool.get()
         start = time.perf_counter()
         try:
+            reply = await conn.request(data)
+        except (OSError, asyncio.IncompleteReadError):  # the stub dropped the connection
+            resets += 1
+            conn.close()
+            conn = await Http1.open(fleet.port)
+            start = time.perf_counter()
             reply = await conn.request(data)
         finally:
             pool.put_nowait(conn)
@@ -660,6 +668,7 @@ async def warm_up(fleet: Fleet, concurrency: int) -> Obj:
         "p99": percentile(times, 99),
         "server_cpu": server_cpu,
         "concurrency": concurrency,
+        "resets": resets,
     }
 
 
@@ -980,7 +989,7 @@ async def run(args: argparse.Namespace, root: Path) -> Obj:
 
 
 def fmt_ms(v: float) -> str:
-    return f"{v:.1f}"
+    return "—" if v != v else f"{v:.1f}"  # NaN: nothing of that kind was sent
 
 
 def largest_held(load: list[Obj], generator: str) -> int:
