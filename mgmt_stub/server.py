@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
+from mgmt_stub.groupcommit import GroupCommit
 from mgmt_stub.notify import Hub
 from mgmt_stub.rollout import Selector, Strategy
 from mgmt_stub.service import ManagementService, Operator, Problem
@@ -238,6 +239,7 @@ _ERROR_TEXT = {
     413: "Body too large",
     415: "Body is not sent as application/json",
     422: "Invalid content",
+    503: "Storage unavailable (for example a full disk); nothing was recorded, try again",
 }
 _JSON_BODY = (400, 413, 415, 422)  # what any JSON body can earn
 
@@ -249,7 +251,7 @@ CONTRACT: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/dashboard"): (),
     ("POST", "/v1/enroll"): (401, 403, 409, *_JSON_BODY),
     ("GET", "/v1/agent/desired"): (401, 422),
-    ("POST", "/v1/agent/events"): (401, *_JSON_BODY),
+    ("POST", "/v1/agent/events"): (401, *_JSON_BODY, 503),
     ("GET", "/v1/agent/actions"): (401,),
     ("GET", "/v1/agent/wait"): (401, 422),
     ("POST", "/v1/agent/credential"): (401,),
@@ -297,6 +299,23 @@ def _declare_errors(router: APIRouter) -> None:
                 **route.responses,
                 **{code: {"description": _ERROR_TEXT[code], **_PROBLEM_SCHEMA} for code in codes},
             }
+
+
+async def _wait_or_disconnect(request: Request, waiting: Awaitable[Any]) -> None:
+    """Await ``waiting`` unless the client goes away first: a closed connection must not
+    hold its handler (and its memory) until the wait's timeout."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(disconnected())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class BodyLimit:
@@ -369,6 +388,7 @@ def create_app(
     service = ManagementService(data_dir, keys_dir, clock=clock, notify=hub.notify)
     clock = clock or SystemClock()
     bearer = HTTPBearer(auto_error=False)
+    events = GroupCommit(service.record_event_batches)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -385,6 +405,7 @@ def create_app(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        events.flush()
         service.close()
 
     app = FastAPI(
@@ -512,31 +533,36 @@ def create_app(
     @agents.post("/events")
     async def post_events(cluster_id: AgentId, body: EventBatch) -> EventsResponse:
         """Record health, drift, reconcile, import and action results; idempotent by id."""
-        accepted, duplicates = service.post_events(
-            cluster_id, [e.model_dump() for e in body.events]
-        )
+        checked = service.check_events([e.model_dump() for e in body.events])
+        accepted, duplicates = await events.submit((cluster_id, checked, "online"))
         return EventsResponse(accepted=accepted, duplicates=duplicates)
 
     @agents.get("/actions")
     async def actions(cluster_id: AgentId) -> ActionsResponse:
         return ActionsResponse(actions=[Action(**a) for a in service.pending_actions(cluster_id)])
 
-    @agents.get("/wait")
+    @agents.get(
+        "/wait",
+        responses={204: {"description": "Nothing changed before the timeout"}},
+    )
     async def wait(
+        request: Request,
         cluster_id: AgentId,
         etag: Annotated[str | None, Query(max_length=80)] = None,
         actions: Annotated[int, Query(ge=0, le=2**62)] = 0,
         timeout: Annotated[int, Query(ge=0, le=MAX_WAIT_S)] = 55,
-    ) -> WaitResponse:
+    ) -> Any:
         """Long poll: answer as soon as the desired state or the pending actions differ from
-        what the agent has (its ETag and newest action sequence), or after ``timeout`` s."""
+        what the agent has (its ETag and newest action sequence): 200 with what is current;
+        or, after ``timeout`` s with nothing changed, 204 with no body (an idle agent's
+        cycle stays small)."""
         current_etag, seq = service.wait_state(cluster_id)
         if current_etag == etag and seq <= actions and timeout > 0:
-            await hub.wait(cluster_id, timeout)
+            await _wait_or_disconnect(request, hub.wait(cluster_id, timeout))
             current_etag, seq = service.wait_state(cluster_id)
-        return WaitResponse(
-            changed=current_etag != etag or seq > actions, etag=current_etag, actions=seq
-        )
+        if current_etag == etag and seq <= actions:
+            return Response(status_code=204)
+        return WaitResponse(changed=True, etag=current_etag, actions=seq)
 
     @agents.post("/credential", status_code=201)
     async def rotate(

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -399,19 +400,47 @@ class ManagementService:
     def post_events(
         self, cluster_id: str, events: Sequence[Mapping[str, Any]], via: str = "online"
     ) -> tuple[int, int]:
-        """Record a batch idempotently by event id; return (accepted, duplicates)."""
+        """Record one batch idempotently by event id; return (accepted, duplicates)."""
+        result = self.record_event_batches([(cluster_id, self.check_events(events), via)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def check_events(self, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The batch's events, checked; Problem(422) for the first bad one."""
         checked = [_check_event(e) for e in events]
         ids = [e["id"] for e in checked]
         if len(set(ids)) != len(ids):
             raise Problem(422, "invalid", "an event id appears twice in one batch")
+        return checked
+
+    def record_event_batches(
+        self, batches: Sequence[tuple[str, Sequence[Mapping[str, Any]], str]]
+    ) -> list[tuple[int, int] | Exception]:
+        """Record checked batches (cluster, events, via) in one transaction: one fsync for
+        all of them (the server's group commit). Each batch is its own savepoint, so one
+        failing batch fails alone; a failed commit fails them all."""
         now = now_text(self.clock)
-        with self.db.transaction():
-            fresh = self.db.add_events(cluster_id, checked, now, via)
-            for event, new in zip(checked, fresh, strict=True):
-                if new:
-                    self._apply_event(cluster_id, event)
-        accepted = sum(fresh)
-        return accepted, len(fresh) - accepted
+        results: list[tuple[int, int] | Exception] = []
+        try:
+            with self.db.transaction():
+                for cluster_id, events, via in batches:
+                    try:
+                        with self.db.savepoint():
+                            fresh = self.db.add_events(cluster_id, events, now, via)
+                            for event, new in zip(events, fresh, strict=True):
+                                if new:
+                                    self._apply_event(cluster_id, event)
+                    except Problem as exc:
+                        results.append(exc)
+                        continue
+                    accepted = sum(fresh)
+                    results.append((accepted, len(fresh) - accepted))
+        except sqlite3.Error as exc:
+            raise Problem(
+                503, "storage-unavailable", f"events not recorded, try again later: {exc}"
+            ) from None
+        return results
 
     def _apply_event(self, cluster_id: str, event: Mapping[str, Any]) -> None:
         data = event["data"]

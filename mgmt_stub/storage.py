@@ -141,6 +141,18 @@ class Storage:
             raise
         self._db.execute("COMMIT")
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested unit inside a transaction: undone alone if it raises."""
+        self._db.execute("SAVEPOINT unit")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO unit")
+            self._db.execute("RELEASE unit")
+            raise
+        self._db.execute("RELEASE unit")
+
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         row: Row | None = self._db.execute(sql, params).fetchone()
         return row
@@ -383,7 +395,7 @@ class Storage:
 
     # -- events --------------------------------------------------------------------------
     def add_events(
-        self, cluster_id: str, events: Sequence[Row], received_at: str, via: str
+        self, cluster_id: str, events: Sequence[Mapping[str, Any]], received_at: str, via: str
     ) -> list[bool]:
         """Insert each event unless its id was seen for this cluster; True where new."""
         fresh = []

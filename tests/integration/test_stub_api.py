@@ -16,6 +16,7 @@ import datetime as dt
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def test_no_assignment_means_204(stub: StubProcess) -> None:
     response = agent.get("/v1/agent/desired")
     assert response.status_code == 204 and response.content == b""
     wait = agent.get("/v1/agent/wait", params={"timeout": 0})
-    assert wait.json() == {"changed": False, "etag": None, "actions": 0}
+    assert wait.status_code == 204 and wait.content == b""  # nothing assigned, nothing queued
 
 
 def read_head(sock: socket.socket, buffer: bytearray) -> bytes:
@@ -292,7 +293,7 @@ def test_the_wait_times_out_unchanged(stub: StubProcess) -> None:
     started = time.monotonic()
     response = agent.get("/v1/agent/wait", params={"etag": etag, "actions": seq, "timeout": 1})
     elapsed = time.monotonic() - started
-    assert response.json() == {"changed": False, "etag": etag, "actions": seq}
+    assert response.status_code == 204 and response.content == b""  # unchanged: no body
     assert 0.9 <= elapsed < 5, elapsed
 
 
@@ -631,3 +632,16 @@ def test_hostile_queries_and_headers_are_refused(stub: StubProcess) -> None:
 def test_the_server_log_has_no_traceback(stub: StubProcess) -> None:
     assert_still_serving(stub)
     assert Path(stub.root / "stub.log").stat().st_size > 0
+
+
+def test_a_wait_whose_client_went_away_is_released_at_once(stub: StubProcess) -> None:
+    agent, etag, seq = wait_setup(stub, "api-wait-gone")
+    credential = agent.headers["Authorization"]
+    for _ in range(20):  # open waits on raw sockets, then hang up
+        with socket.create_connection(("127.0.0.1", stub.port)) as sock:
+            sock.sendall(
+                f"GET /v1/agent/wait?etag={urllib.parse.quote(etag)}&actions={seq}&timeout=300 "
+                f"HTTP/1.1\r\nHost: x\r\nAuthorization: {credential}\r\n\r\n".encode()
+            )
+            wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] >= 1)
+    wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] == 0, 5)
