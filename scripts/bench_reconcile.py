@@ -37,8 +37,9 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+from benchdoc import DOC, replace_section
+
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN = "<!-- bench_reconcile:begin -->"
 END = "<!-- bench_reconcile:end -->"
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -341,13 +342,7 @@ Notes:
 
 
 def write_doc(text: str) -> None:
-    previous = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    start, end = previous.find(BEGIN), previous.find(END)
-    if start >= 0 and end > start:
-        updated = previous[:start] + text.rstrip("\n") + previous[end + len(END) :]
-    else:
-        updated = previous.rstrip("\n") + "\n\n" + text
-    DOC.write_text(updated, encoding="utf-8")
+    replace_section(BEGIN, END, text)
 
 
 def main() -> int:

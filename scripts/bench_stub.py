@@ -59,10 +59,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
+from benchdoc import DOC, replace_section  # noqa: E402
 
 from tests.stub_process import StubProcess, profile_body  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN = "<!-- bench_stub:begin -->"
 END = "<!-- bench_stub:end -->"
 PROFILE = REPO / "bundles" / "hello-web"
@@ -1238,13 +1238,7 @@ def machine() -> str:
 
 
 def write_doc(text: str) -> None:
-    previous = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    start, end = previous.find(BEGIN), previous.find(END)
-    if start >= 0 and end > start:
-        updated = previous[:start] + text.rstrip("\n") + previous[end + len(END) :]
-    else:
-        updated = previous.rstrip("\n") + "\n\n" + text
-    DOC.write_text(updated, encoding="utf-8")
+    replace_section(BEGIN, END, text)
 
 
 def main() -> int:
