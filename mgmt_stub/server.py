@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
+from mgmt_stub.fastpath import AgentFastPath
 from mgmt_stub.groupcommit import GroupCommit
 from mgmt_stub.notify import Hub
 from mgmt_stub.rollout import Selector, Strategy
@@ -464,6 +465,9 @@ def create_app(
         return problem(500, "internal-error", "the server failed on this request; see its log")
 
     app.add_middleware(BodyLimit)
+    # Outside BodyLimit: answers the ordinary 304/204 poll and event batch itself and hands
+    # everything else, unread or replayed, to the routes (mgmt_stub/fastpath.py).
+    app.add_middleware(AgentFastPath, service=service, events=events, body_limit=DEFAULT_BODY_LIMIT)
 
     # The dependencies are coroutines so that they run on the event loop thread, like every
     # other use of the service: a plain ``def`` would run in a worker thread and share the

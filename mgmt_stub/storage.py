@@ -218,6 +218,12 @@ class Storage:
     def clusters(self) -> list[Row]:
         return self._all("SELECT * FROM clusters ORDER BY id")
 
+    def report_state(self, id_: str) -> Row:
+        """What applying a health report needs of a cluster (no JSON decoding)."""
+        row = self._one("SELECT last_report_at, assignment FROM clusters WHERE id=?", (id_,))
+        assert row is not None, id_
+        return row
+
     def action_seq(self, id_: str) -> int:
         row = self._one("SELECT action_seq FROM clusters WHERE id=?", (id_,))
         return int(row["action_seq"]) if row else 0

@@ -645,3 +645,29 @@ def test_a_wait_whose_client_went_away_is_released_at_once(stub: StubProcess) ->
             )
             wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] >= 1)
     wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] == 0, 5)
+
+
+def test_the_fast_path_answers_exactly_as_the_routes_do(stub: StubProcess) -> None:
+    """A query string sends a request past mgmt_stub/fastpath.py to the FastAPI route: the
+    two must be indistinguishable on the wire."""
+    stub.put_profile("api-fast", PROFILES / "hello-web")
+    assign(stub, "api-fast", "api-fast", {"api": "fast"})
+    agent = stub.agent("api-fast-1", {"api": "fast"})
+    lonely = stub.agent("api-fast-2", {"api": "none"})
+    etag = agent.get("/v1/agent/desired").headers["etag"]
+
+    def same(fast: httpx.Response, routed: httpx.Response) -> None:
+        assert (fast.status_code, fast.content) == (routed.status_code, routed.content)
+        for header in ("content-type", "content-length", "etag", "x-edge-revision"):
+            assert fast.headers.get(header) == routed.headers.get(header), header
+
+    poll = {"If-None-Match": etag}
+    same(
+        agent.get("/v1/agent/desired", headers=poll),
+        agent.get("/v1/agent/desired?x=1", headers=poll),
+    )
+    same(lonely.get("/v1/agent/desired"), lonely.get("/v1/agent/desired?x=1"))
+    batch = {"events": [event("fast-1", "health", "2026-11-20T10:00:00Z", verdict="healthy")]}
+    first = agent.post("/v1/agent/events", json=batch)
+    assert first.json() == {"accepted": 1, "duplicates": 0}
+    same(agent.post("/v1/agent/events", json=batch), agent.post("/v1/agent/events?x=1", json=batch))
