@@ -1152,9 +1152,12 @@ connection per agent: see the idle connections below).
   and parses only the status line and headers (a lighter generator); its ladder is the
   figure for the stub's capacity. **raw, 304 polls only** is the raw ladder without the
   event POSTs (N/60 requests/s): the read path alone, for comparison.
-- Each event POST is one SQLite transaction committed with `synchronous=FULL`; the data
-  folder's file system took {out["fsync"]["p50"]:.2f} ms (p50) / {out["fsync"]["p99"]:.2f} ms
-  (p99) per 4 KiB write + fsync in this run, measured before the stub started.
+- Event batches are committed with `synchronous=FULL`, those arriving within 5 ms of each
+  other in one transaction (`mgmt_stub/groupcommit.py`: one fsync for the group, each POST
+  answered after it); the data folder's file system took {out["fsync"]["p50"]:.2f} ms (p50) /
+  {out["fsync"]["p99"]:.2f} ms (p99) per 4 KiB write + fsync in this run, measured before the
+  stub started. Ordinary polls and event batches are answered by `mgmt_stub/fastpath.py`
+  beneath FastAPI's routing and validation (anything unusual goes to the routes).
 
 ### Bytes on the wire per idle cycle
 
