@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
 from mgmt_stub.fastpath import AgentFastPath
 from mgmt_stub.groupcommit import GroupCommit
-from mgmt_stub.notify import Hub
+from mgmt_stub.notify import MAX_WAITERS_PER_CLUSTER, Hub
 from mgmt_stub.rollout import Selector, Strategy
 from mgmt_stub.service import ManagementService, Operator, Problem
 
@@ -240,6 +240,7 @@ _ERROR_TEXT = {
     413: "Body too large",
     415: "Body is not sent as application/json",
     422: "Invalid content",
+    429: "Too many waiting requests for this cluster; retry after the Retry-After seconds",
     503: "Storage unavailable (for example a full disk); nothing was recorded, try again",
 }
 _JSON_BODY = (400, 413, 415, 422)  # what any JSON body can earn
@@ -254,7 +255,7 @@ CONTRACT: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/v1/agent/desired"): (401, 422),
     ("POST", "/v1/agent/events"): (401, *_JSON_BODY, 503),
     ("GET", "/v1/agent/actions"): (401,),
-    ("GET", "/v1/agent/wait"): (401, 422),
+    ("GET", "/v1/agent/wait"): (401, 422, 429),
     ("POST", "/v1/agent/credential"): (401,),
     ("GET", "/v1/admin/clusters"): (401, 422),
     ("POST", "/v1/admin/clusters"): (401, 403, 409, *_JSON_BODY),
@@ -562,6 +563,13 @@ def create_app(
         cycle stays small)."""
         current_etag, seq = service.wait_state(cluster_id)
         if current_etag == etag and seq <= actions and timeout > 0:
+            if hub.waiters(cluster_id) >= MAX_WAITERS_PER_CLUSTER:
+                return problem(
+                    429,
+                    "too-many-waiters",
+                    f"this cluster already holds {MAX_WAITERS_PER_CLUSTER} waiting requests",
+                    headers={"Retry-After": "30"},
+                )
             await _wait_or_disconnect(request, hub.wait(cluster_id, timeout))
             current_etag, seq = service.wait_state(cluster_id)
         if current_etag == etag and seq <= actions:

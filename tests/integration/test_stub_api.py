@@ -671,3 +671,28 @@ def test_the_fast_path_answers_exactly_as_the_routes_do(stub: StubProcess) -> No
     first = agent.post("/v1/agent/events", json=batch)
     assert first.json() == {"accepted": 1, "duplicates": 0}
     same(agent.post("/v1/agent/events", json=batch), agent.post("/v1/agent/events?x=1", json=batch))
+
+
+def test_one_cluster_cannot_hold_more_than_four_waits(stub: StubProcess) -> None:
+    agent, etag, seq = wait_setup(stub, "api-wait-cap")
+    credential = agent.headers["Authorization"]
+    sockets = [socket.create_connection(("127.0.0.1", stub.port)) for _ in range(4)]
+    try:
+        for sock in sockets:
+            sock.sendall(
+                f"GET /v1/agent/wait?etag={urllib.parse.quote(etag)}&actions={seq}&timeout=300 "
+                f"HTTP/1.1\r\nHost: x\r\nAuthorization: {credential}\r\n\r\n".encode()
+            )
+        wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] == 4)
+        refused = agent.get("/v1/agent/wait", params={"etag": etag, "actions": seq, "timeout": 60})
+        assert_problem(refused, 429)
+        assert refused.headers["retry-after"] == "30"
+        other, other_etag, other_seq = wait_setup(stub, "api-wait-cap2")  # others unaffected
+        response = other.get(
+            "/v1/agent/wait", params={"etag": other_etag, "actions": other_seq, "timeout": 1}
+        )
+        assert response.status_code == 204
+    finally:
+        for sock in sockets:
+            sock.close()
+    wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] == 0, 5)
