@@ -49,7 +49,11 @@ class AgentFastPath:
         self.body_limit = body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("query_string"):
+        if (
+            scope["type"] == "http"
+            and not scope.get("query_string")
+            and not _repeats(scope["headers"])
+        ):
             if scope["method"] == "GET" and scope["path"] == "/v1/agent/desired":
                 if await self._desired(scope, send):
                     return
@@ -131,6 +135,16 @@ class AgentFastPath:
         await _respond(send, 200, [], {"accepted": accepted, "duplicates": duplicates})
 
 
+_SINGLE = (b"authorization", b"content-type", b"if-none-match")
+
+
+def _repeats(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a header the fast path reads appears twice (the route reads the first one,
+    ``dict`` would keep the last: let the route decide)."""
+    names = [name for name, _ in headers if name in _SINGLE]
+    return len(names) != len(set(names))
+
+
 def _batch(body: bytes) -> list[dict[str, Any]] | None:
     """The events of a batch exactly as the route's model accepts them, else None."""
     try:
@@ -183,7 +197,9 @@ async def _respond(
     doc: Any = None,
     media_type: bytes = b"application/json",
 ) -> None:
-    body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode()
+    body = (
+        b"" if doc is None else json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    )
     if doc is not None:
         headers = [*headers, (b"content-type", media_type)]
     if status not in (204, 304):

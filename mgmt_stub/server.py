@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
 from mgmt_stub.fastpath import AgentFastPath
 from mgmt_stub.groupcommit import GroupCommit
-from mgmt_stub.notify import MAX_WAITERS_PER_CLUSTER, Hub
+from mgmt_stub.notify import MAX_WAITERS_PER_CLUSTER, Hub, TooManyWaiters
 from mgmt_stub.rollout import Selector, Strategy
 from mgmt_stub.service import ManagementService, Operator, Problem
 
@@ -311,13 +311,16 @@ async def _wait_or_disconnect(request: Request, waiting: Awaitable[Any]) -> None
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(disconnected())}
+    main = asyncio.ensure_future(waiting)
+    tasks = {main, asyncio.ensure_future(disconnected())}
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    if main.done() and not main.cancelled() and main.exception() is not None:
+        raise main.exception()  # type: ignore[misc]
 
 
 class BodyLimit:
@@ -563,14 +566,19 @@ def create_app(
         cycle stays small)."""
         current_etag, seq = service.wait_state(cluster_id)
         if current_etag == etag and seq <= actions and timeout > 0:
-            if hub.waiters(cluster_id) >= MAX_WAITERS_PER_CLUSTER:
+            try:
+                waiter = hub.reserve(cluster_id)
+            except TooManyWaiters:
                 return problem(
                     429,
                     "too-many-waiters",
                     f"this cluster already holds {MAX_WAITERS_PER_CLUSTER} waiting requests",
                     headers={"Retry-After": "30"},
                 )
-            await _wait_or_disconnect(request, hub.wait(cluster_id, timeout))
+            try:
+                await _wait_or_disconnect(request, waiter.wait(timeout))
+            finally:
+                waiter.release()
             current_etag, seq = service.wait_state(cluster_id)
         if current_etag == etag and seq <= actions:
             return Response(status_code=204)

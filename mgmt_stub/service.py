@@ -23,6 +23,8 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -50,6 +52,8 @@ from mgmt_stub.rollout import (
     plan_rollout,
 )
 from mgmt_stub.storage import Row, Storage
+
+log = logging.getLogger("mgmt_stub")
 
 ROLES = ("viewer", "operator", "admin")
 VERDICTS = ("healthy", "degraded", "failing", "not-initialised")
@@ -110,7 +114,7 @@ def now_text(clock: Clock) -> str:
     return _last_text[1]
 
 
-_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
+_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z", re.ASCII)
 
 
 def _is_time(text: object) -> bool:
@@ -457,6 +461,12 @@ class ManagementService:
                                     self._apply_event(cluster_id, event)
                     except Problem as exc:
                         results.append(exc)
+                        continue
+                    except Exception as exc:  # a bug: it fails this batch, never the group
+                        log.exception("recording events of cluster %s failed", cluster_id)
+                        results.append(
+                            Problem(500, "internal-error", f"events not recorded: {exc}")
+                        )
                         continue
                     accepted = sum(fresh)
                     results.append((accepted, len(fresh) - accepted))
@@ -1117,6 +1127,32 @@ def _agent_key(text: str) -> str:
 
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+MAX_DATA_DEPTH = 32
+_INT64 = 2**63
+
+
+def _json_problem(value: object, depth: int) -> str | None:
+    """What makes an event's data unfit to store and show, or None: nesting deeper than
+    MAX_DATA_DEPTH, integers outside int64 (SQLite's), non-finite numbers (not JSON)."""
+    if depth > MAX_DATA_DEPTH:
+        return f"is nested deeper than {MAX_DATA_DEPTH} levels"
+    if isinstance(value, dict):
+        children: Iterable[object] = value.values()
+    elif isinstance(value, list):
+        children = value
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    elif isinstance(value, int):
+        return None if -_INT64 <= value < _INT64 else "holds an integer outside 64 bits"
+    elif isinstance(value, float):
+        return None if math.isfinite(value) else "holds a number that is not finite"
+    else:
+        return f"holds a {type(value).__name__}"
+    for child in children:
+        problem = _json_problem(child, depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 def _check_event(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -1129,6 +1165,9 @@ def _check_event(event: Mapping[str, Any]) -> dict[str, Any]:
         raise Problem(422, "invalid", f"event {event_id}: time must be YYYY-MM-DDTHH:MM:SSZ")
     if not isinstance(data, dict) or len(_compact(data)) > MAX_EVENT_DATA:
         raise Problem(422, "invalid", f"event {event_id}: data must be an object of at most 16 KiB")
+    problem = _json_problem(data, 1)
+    if problem:
+        raise Problem(422, "invalid", f"event {event_id}: data {problem}")
     return {"id": event_id, "type": kind, "time": time, "data": data}
 
 

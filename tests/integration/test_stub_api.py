@@ -696,3 +696,60 @@ def test_one_cluster_cannot_hold_more_than_four_waits(stub: StubProcess) -> None
         for sock in sockets:
             sock.close()
     wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] == 0, 5)
+
+
+def test_one_unstorable_event_fails_its_own_batch_and_no_other(stub: StubProcess) -> None:
+    bad = stub.agent("api-poison-1")
+    good = [stub.agent(f"api-poison-{n}") for n in (2, 3, 4)]
+    poison = {"events": [event("p-1", "health", "2026-11-20T10:00:00Z", revision=2**63)]}
+    deep: dict[str, Any] = {}
+    for _ in range(40):
+        deep = {"d": deep}
+    nested = {
+        "events": [{"id": "p-2", "type": "note", "time": "2026-11-20T10:00:00Z", "data": deep}]
+    }
+    nan = b'{"events": [{"id": "p-3", "type": "note", "time": "2026-11-20T10:00:00Z", "data": {"x": NaN}}]}'
+    ok = {"events": [event("ok-1", "health", "2026-11-20T10:00:00Z", verdict="healthy")]}
+    results: dict[str, httpx.Response] = {}
+
+    def post(name: str, client: httpx.Client, **kwargs: Any) -> None:
+        results[name] = client.post("/v1/agent/events", **kwargs)
+
+    threads = [
+        threading.Thread(target=post, args=("poison", bad), kwargs={"json": poison}),
+        *(
+            threading.Thread(target=post, args=(f"ok{n}", client), kwargs={"json": ok})
+            for n, client in enumerate(good)
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "outside 64 bits" in assert_problem(results["poison"], 422)["detail"]
+    assert [results[f"ok{n}"].status_code for n in range(3)] == [200, 200, 200]
+    assert "deeper than" in assert_problem(bad.post("/v1/agent/events", json=nested), 422)["detail"]
+    headers = {"content-type": "application/json"}
+    assert (
+        "not finite"
+        in assert_problem(bad.post("/v1/agent/events", content=nan, headers=headers), 422)["detail"]
+    )
+    assert row(stub, "api-poison-1")["recent_events"] == []
+
+
+def test_waits_arriving_together_still_get_at_most_four_slots(stub: StubProcess) -> None:
+    agent, etag, seq = wait_setup(stub, "api-wait-burst")
+    params = {"etag": etag, "actions": seq, "timeout": 2}
+    statuses: list[int] = []
+
+    def wait() -> None:
+        with httpx.Client(base_url=stub.url, headers=dict(agent.headers), timeout=30) as client:
+            statuses.append(client.get("/v1/agent/wait", params=params).status_code)
+
+    threads = [threading.Thread(target=wait) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [204] * 4 + [429] * 6
+    assert stub.admin.get("/v1/admin/stats").json()["waiting_agents"] == 0
