@@ -27,6 +27,9 @@ Keys and what they hold (all JSON):
     seen_files          SHA-256 of bundle files already handled, with their result
     enforce/inventory   what the agent applied to its target (what it may prune), as JSON
     enforce/last_cycle  the newest reconcile cycle's summary (per-object results, health)
+    sync/credential     the management sync credential: server URL, cluster id, credential
+                        id and the secret ``credential``; never in ``view()``, the snapshot
+                        or a log line (the store is 0700, its files 0600)
 
 Committing a verified bundle is one SQLite transaction; artifacts are placed (fsynced,
 renamed) before it, so after ``kill -9`` at any point the store holds the old policy or
@@ -102,6 +105,7 @@ _K_IMPORTS = "imports"
 _K_SEEN = "seen_files"
 _K_INVENTORY = "enforce/inventory"
 _K_LAST_CYCLE = "enforce/last_cycle"
+_K_SYNC_CREDENTIAL = "sync/credential"
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +368,37 @@ class StateStore:
 
     def artifact_path(self, sha256: str) -> Path:
         return self._artifacts / sha256
+
+    # -- sync credential -------------------------------------------------------------------
+    def sync_credential(self) -> Mapping[str, Any] | None:
+        """The management sync credential as stored, or None before enrollment.
+
+        It holds the secret ``credential``: callers must not log it or put it in a view.
+        """
+        value = self._get(_K_SYNC_CREDENTIAL)
+        return value if isinstance(value, dict) else None
+
+    def set_sync_credential(self, doc: Mapping[str, Any]) -> None:
+        """Keep the sync credential (replacing any previous one), atomically.
+
+        ``doc`` is a JSON object (server URL, cluster id, credential id, ``credential``); its
+        shape is the sync client's business, checked there. It never reaches the snapshot.
+        """
+        if not isinstance(doc, Mapping):
+            raise StateError("sync credential: expected a JSON object")
+        value = dict(doc)
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            # Never quote the value: it holds the secret.
+            raise StateError("sync credential: expected JSON-encodable fields") from None
+        with self._write("storing the sync credential"):
+            self._cache.set(_K_SYNC_CREDENTIAL, value)
+
+    def clear_sync_credential(self) -> None:
+        """Forget the sync credential (unenrolled); doing so twice is harmless."""
+        with self._write("clearing the sync credential"):
+            self._cache.delete(_K_SYNC_CREDENTIAL)
 
     def settings(self) -> Mapping[str, Any]:
         """The diskcache settings in force, as stored (for checks and diagnostics)."""
