@@ -21,6 +21,13 @@ Example (every key but ``cluster_id`` and ``paths.initial_root`` has a default):
       max_metadata_bytes: 1048576
       max_members: 10000
       max_future_skew_s: 86400
+    sync:                               # optional; absent = air-gapped, never connects
+      server: https://mgmt.example.net  # https; plain http only to 127.0.0.1, localhost, ::1
+      ca_bundle: /etc/edge-agent/ca.pem # PEM CAs to verify the server (default: system CAs)
+      proxy: http://proxy.example:3128  # default: HTTPS_PROXY / NO_PROXY from the environment
+      timeout_s: 10                     # connect, and each read and write, per request
+      wait_s: 55                        # long poll asked of the server (1..300)
+      enroll_token_file: /etc/edge-agent/enroll.token   # bootstrap token for first start
 
 Unknown keys are errors (a misspelt key must not silently fall back to a default). Every
 error is a ``ConfigError`` whose one-line message names the file, the key and the problem.
@@ -34,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -65,6 +73,28 @@ class TargetConfig:
     layout: str = "flat"
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_WAIT_S = 300  # the server's own ceiling for a long poll (docs/management.md)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """How to reach the management server. Absent from the config: the site is air-gapped.
+
+    ``proxy`` None means the environment decides: ``HTTPS_PROXY`` (and ``ALL_PROXY``) with
+    ``NO_PROXY`` exceptions, as curl reads them; a server on loopback never goes through a
+    proxy. ``ca_bundle`` None means the system's CA store (not a bundled certifi copy), so a
+    site's own PKI is honoured the way the rest of the host honours it.
+    """
+
+    server: str  # base URL, no trailing slash
+    ca_bundle: Path | None = None
+    proxy: str | None = None
+    timeout_s: float = 10.0  # connect, each read, each write; a dead link is noticed this fast
+    wait_s: int = 55  # below the 60 s idle cut-off of common NATs and proxies
+    enroll_token_file: Path | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     cluster_id: str
@@ -75,13 +105,15 @@ class AgentConfig:
     drop_folders: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     target: TargetConfig = field(default_factory=TargetConfig)
+    sync: SyncConfig | None = None
 
     @property
     def identity(self) -> Identity:
         return Identity(self.cluster_id, self.labels)
 
 
-_TOP_KEYS = {"cluster_id", "labels", "paths", "drop_folders", "limits", "target"}
+_TOP_KEYS = {"cluster_id", "labels", "paths", "drop_folders", "limits", "target", "sync"}
+_SYNC_KEYS = {"server", "ca_bundle", "proxy", "timeout_s", "wait_s", "enroll_token_file"}
 _TARGET_KEYS = {"kind", "kubeconfig", "folder", "layout"}
 _PATH_KEYS = {"state_dir", "initial_root", "status_snapshot"}
 _LIMIT_KEYS = {
@@ -201,6 +233,7 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
         )
 
     target = _target(_section(doc, "target", _TARGET_KEYS, where), where, base)
+    sync = _sync(doc["sync"], where, base) if "sync" in doc else None
     return AgentConfig(
         cluster_id=cluster_id,
         labels=dict(labels),
@@ -210,7 +243,88 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
         drop_folders=tuple(folders),
         limits=limits,
         target=target,
+        sync=sync,
     )
+
+
+def check_server_url(value: Any) -> str:
+    """The management server's base URL, or ValueError saying what is wrong with it.
+
+    https, or plain http to loopback only: the agent's credential travels in every request,
+    and over plain http anyone on the path could take it. No user, password, query or
+    fragment (a secret in a URL ends up in logs).
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be an https URL, got {value!r}")
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError(f"must be an https URL, got {value!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry a user or password (the agent has its own credential)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    if parts.scheme == "http" and host not in LOOPBACK_HOSTS:
+        raise ValueError(
+            f"plain http is allowed only to {', '.join(LOOPBACK_HOSTS)}; use https for {host}"
+        )
+    return value.rstrip("/")
+
+
+def _sync(doc: Any, where: str, base: Path) -> SyncConfig:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config {where}: sync must be a mapping")
+    _known(doc, _SYNC_KEYS, where, "sync.")
+    if "server" not in doc:
+        raise ConfigError(f"config {where}: sync.server is required (or leave out sync entirely)")
+    try:
+        server = check_server_url(doc["server"])
+    except ValueError as exc:
+        raise ConfigError(f"config {where}: sync.server {exc}") from None
+    proxy = doc.get("proxy")
+    if proxy is not None and not _is_proxy_url(proxy):
+        # The value may hold a proxy password: name the key, never the value.
+        raise ConfigError(f"config {where}: sync.proxy must be an http:// or https:// URL")
+    timeout_s = doc.get("timeout_s", 10.0)
+    if (
+        not isinstance(timeout_s, int | float)
+        or isinstance(timeout_s, bool)
+        or not 0 < timeout_s <= 600
+    ):
+        raise ConfigError(
+            f"config {where}: sync.timeout_s must be a number of seconds in (0, 600], got {timeout_s!r}"
+        )
+    wait_s = doc.get("wait_s", 55)
+    if not isinstance(wait_s, int) or isinstance(wait_s, bool) or not 1 <= wait_s <= MAX_WAIT_S:
+        raise ConfigError(
+            f"config {where}: sync.wait_s must be whole seconds in [1, {MAX_WAIT_S}], got {wait_s!r}"
+        )
+    return SyncConfig(
+        server=server,
+        ca_bundle=_path(doc["ca_bundle"], where, "sync.ca_bundle", base)
+        if "ca_bundle" in doc
+        else None,
+        proxy=proxy,
+        timeout_s=float(timeout_s),
+        wait_s=wait_s,
+        enroll_token_file=_path(doc["enroll_token_file"], where, "sync.enroll_token_file", base)
+        if "enroll_token_file" in doc
+        else None,
+    )
+
+
+def _is_proxy_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        _port = parts.port  # raises on a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _target(doc: Mapping[str, Any], where: str, base: Path) -> TargetConfig:
