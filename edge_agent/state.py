@@ -30,6 +30,26 @@ Keys and what they hold (all JSON):
     sync/credential     the management sync credential: server URL, cluster id, credential
                         id and the secret ``credential``; never in ``view()``, the snapshot
                         or a log line (the store is 0700, its files 0600)
+    outbox/meta         the outbox's counters: next sequence, first page, per type
+                        {count, bytes, oldest sequence}, dropped and coalesced per type
+    outbox/page/<n>     page n: [seq, type, bytes, event JSON text] of the queued events
+                        whose sequence is in [n*OUTBOX_PAGE, (n+1)*OUTBOX_PAGE), oldest first
+    actions/meta        the action journal's next sequence, oldest kept sequence, open ids
+    actions/id/<id>     one action: type, sequence, begun_at, finished_at, outcome, detail
+    actions/seq/<seq>   the action id begun at that sequence (to list and prune in order)
+
+The outbox is a queue of events for the management server (policy: ``edge_agent.outbox``).
+Every operation touches the meta key and the pages of the events it handles (one store
+value per OUTBOX_PAGE events, not one per event: per-value overhead dominated): enqueueing or acknowledging 1,000 events costs the same whether 10 or 100,000
+are queued. An event stays until acknowledged, so ``kill -9`` between sending a batch and
+acknowledging it loses nothing (it is sent again; the server deduplicates by event id).
+
+The action journal makes actions run at most once: ``action_begin`` records an id before
+the action runs, in one transaction with the check that it was never begun. An entry is
+forgotten only when it is both beyond the newest ACTION_JOURNAL_KEEP and older than
+ACTION_JOURNAL_KEEP_DAYS (whichever keeps more), so a re-sent id is refused for at least
+90 days. An action begun and never finished (the agent died) is listed by
+``interrupted_actions`` and is never begun again.
 
 Committing a verified bundle is one SQLite transaction; artifacts are placed (fsynced,
 renamed) before it, so after ``kill -9`` at any point the store holds the old policy or
@@ -42,6 +62,7 @@ Staging folders left by a killed import are removed the next time the store is o
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import datetime as dt
 import fcntl
@@ -74,12 +95,26 @@ from edge_agent.errors import (
     StateWriteError,
 )
 from edge_agent.files import atomic_write, fsync_dir
+from edge_agent.outbox import (
+    Admit,
+    Event,
+    OutboxPolicy,
+    Reason,
+    Refuse,
+    TypeUsage,
+    event_size,
+    next_step,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_IMPORTS = 200
 MAX_SEEN_FILES = 2000
+OUTBOX_PAGE = 64
+ACTION_JOURNAL_KEEP = 10_000
+ACTION_JOURNAL_KEEP_DAYS = 90
+INTERRUPTED = "interrupted"
 ROOT_MAX_BYTES = 1 << 20
 
 #: diskcache settings that make it a store of record; checked by the tests.
@@ -106,6 +141,20 @@ _K_SEEN = "seen_files"
 _K_INVENTORY = "enforce/inventory"
 _K_LAST_CYCLE = "enforce/last_cycle"
 _K_SYNC_CREDENTIAL = "sync/credential"
+_K_OUTBOX = "outbox/meta"
+_K_ACTIONS = "actions/meta"
+
+
+def _k_outbox_page(page: int) -> str:
+    return f"outbox/page/{page}"
+
+
+def _k_action(action_id: str) -> str:
+    return f"actions/id/{action_id}"
+
+
+def _k_action_seq(seq: int) -> str:
+    return f"actions/seq/{seq}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +449,240 @@ class StateStore:
         with self._write("clearing the sync credential"):
             self._cache.delete(_K_SYNC_CREDENTIAL)
 
+    # -- outbox --------------------------------------------------------------------------
+    def enqueue(self, events: Iterable[Event], *, policy: OutboxPolicy | None = None) -> None:
+        """Queue ``events`` in order, applying the outbox policy, in one transaction."""
+        policy = policy or OutboxPolicy()
+        encoded = [(e.type, e.encode()) for e in events]
+        with self._write("queueing events"), self._cache.transact():
+            meta = self._outbox_meta()
+            pages = _Pages(self._cache)
+            for event_type, text in encoded:
+                size = event_size(text)
+                while True:
+                    step = next_step(policy, _usage(meta), event_type, size)
+                    if isinstance(step, Admit):
+                        seq = meta["next_seq"]
+                        meta["next_seq"] = seq + 1
+                        pages.get(seq // OUTBOX_PAGE).append([seq, event_type, size, text])
+                        pages.touch(seq // OUTBOX_PAGE)
+                        usage = meta["types"].setdefault(
+                            event_type, {"count": 0, "bytes": 0, "oldest": seq}
+                        )
+                        usage["count"] += 1
+                        usage["bytes"] += size
+                        break
+                    if isinstance(step, Refuse):
+                        _bump(meta["dropped"], event_type)
+                        break
+                    victim = meta["types"][step.type]["oldest"]
+                    self._outbox_remove(meta, pages, [victim])
+                    _bump(
+                        meta["coalesced" if step.reason is Reason.COALESCED else "dropped"],
+                        step.type,
+                    )
+            self._outbox_save(meta, pages)
+        log.debug("queued %d events", len(encoded))
+
+    def outbox_batch(self, max_events: int, max_bytes: int) -> list[tuple[int, str]]:
+        """The oldest queued events as ``(seq, event JSON)``, oldest first, without removing.
+
+        At most ``max_events`` and ``max_bytes`` of event JSON, but always at least one event
+        when any is queued (an event larger than ``max_bytes`` must still go out).
+        """
+        with self._write("reading the outbox"), self._cache.transact():
+            meta = self._outbox_meta()
+            batch: list[tuple[int, str]] = []
+            total = 0
+            page = meta["head_page"]
+            last_page = (meta["next_seq"] - 1) // OUTBOX_PAGE
+            while page <= last_page and len(batch) < max_events:
+                for seq, _type, size, text in self._cache.get(_k_outbox_page(page)) or []:
+                    if len(batch) >= max_events or (batch and total + size > max_bytes):
+                        page = last_page  # full: stop after this page
+                        break
+                    batch.append((seq, text))
+                    total += size
+                page += 1
+            return batch
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """Remove exactly the events ``seqs`` (delivered); unknown or repeated seqs are ignored."""
+        wanted = sorted({int(s) for s in seqs})
+        if not wanted:
+            return
+        with self._write("acknowledging events"), self._cache.transact():
+            meta = self._outbox_meta()
+            pages = _Pages(self._cache)
+            self._outbox_remove(meta, pages, wanted)
+            self._outbox_save(meta, pages)
+
+    def outbox_stats(self) -> dict[str, Any]:
+        """``{count, bytes, oldest_time, dropped: {type: n}, coalesced: {type: n}}``."""
+        with self._write("reading the outbox"), self._cache.transact():
+            meta = self._outbox_meta()
+            oldest_time = None
+            live = [u["oldest"] for u in meta["types"].values()]
+            if live:
+                oldest = min(live)
+                page = self._cache.get(_k_outbox_page(oldest // OUTBOX_PAGE)) or []
+                texts = [entry[3] for entry in page if entry[0] == oldest]
+                if texts:
+                    oldest_time = json.loads(texts[0]).get("time")
+        return {
+            "count": sum(u["count"] for u in meta["types"].values()),
+            "bytes": sum(u["bytes"] for u in meta["types"].values()),
+            "oldest_time": oldest_time,
+            "dropped": dict(meta["dropped"]),
+            "coalesced": dict(meta["coalesced"]),
+        }
+
+    def _outbox_meta(self) -> dict[str, Any]:
+        meta = self._cache.get(_K_OUTBOX)
+        if meta is None:
+            return {"next_seq": 0, "head_page": 0, "types": {}, "dropped": {}, "coalesced": {}}
+        if not isinstance(meta, dict) or not {"next_seq", "head_page", "types"} <= meta.keys():
+            raise StateCorruptError(f"state store {self.state_dir}: outbox record is unreadable")
+        return meta
+
+    def _outbox_remove(self, meta: dict[str, Any], pages: _Pages, seqs: list[int]) -> None:
+        """Remove the queued events among ``seqs`` (sorted); keep per-type usage exact."""
+        lost_oldest: dict[str, int] = {}
+        for seq in seqs:
+            if not 0 <= seq < meta["next_seq"]:
+                continue
+            entries = pages.get(seq // OUTBOX_PAGE)
+            index = bisect.bisect_left(entries, seq, key=lambda e: int(e[0]))
+            if index == len(entries) or entries[index][0] != seq:
+                continue  # already removed
+            _, event_type, size, _text = entries.pop(index)
+            pages.touch(seq // OUTBOX_PAGE)
+            usage = meta["types"][event_type]
+            usage["count"] -= 1
+            usage["bytes"] -= size
+            if usage["oldest"] == seq:
+                lost_oldest.setdefault(event_type, seq)
+        for event_type, after in lost_oldest.items():
+            usage = meta["types"][event_type]
+            if usage["count"] == 0:
+                del meta["types"][event_type]
+                continue
+            usage["oldest"] = self._outbox_find(meta, pages, event_type, after)
+
+    def _outbox_find(self, meta: dict[str, Any], pages: _Pages, event_type: str, after: int) -> int:
+        """The oldest queued event of ``event_type`` with a sequence above ``after``.
+
+        A type's oldest sequence only moves forward, so over the outbox's life each
+        page is scanned about once per type.
+        """
+        last_page = (meta["next_seq"] - 1) // OUTBOX_PAGE
+        for page in range(after // OUTBOX_PAGE, last_page + 1):
+            for seq, kind, _size, _text in pages.get(page):
+                if seq > after and kind == event_type:
+                    return int(seq)
+        raise StateCorruptError(
+            f"state store {self.state_dir}: outbox counts {event_type!r} events it does not hold"
+        )
+
+    def _outbox_save(self, meta: dict[str, Any], pages: _Pages) -> None:
+        pages.flush()
+        last_page = (meta["next_seq"] - 1) // OUTBOX_PAGE
+        while meta["head_page"] < last_page and not pages.get(meta["head_page"]):
+            meta["head_page"] += 1
+        self._cache.set(_K_OUTBOX, meta)
+
+    # -- action journal ----------------------------------------------------------------
+    def action_begin(self, action_id: str, action_type: str, *, now: dt.datetime) -> bool:
+        """Record ``action_id`` as begun; False if it was ever begun before (do not run it).
+
+        The check and the record are one transaction, so of two processes offered the same
+        action exactly one gets True.
+        """
+        with self._write(f"beginning action {action_id[:64]!r}"), self._cache.transact():
+            if self._cache.get(_k_action(action_id)) is not None:
+                return False
+            meta = self._actions_meta()
+            seq = meta["next_seq"]
+            meta["next_seq"] = seq + 1
+            self._cache.set(
+                _k_action(action_id),
+                {
+                    "id": action_id,
+                    "type": action_type,
+                    "seq": seq,
+                    "begun_at": format_time(now),
+                    "finished_at": None,
+                    "outcome": None,
+                    "detail": None,
+                },
+            )
+            self._cache.set(_k_action_seq(seq), action_id)
+            meta["open"].append(action_id)
+            self._actions_prune(meta, now)
+            self._cache.set(_K_ACTIONS, meta)
+            return True
+
+    def action_finish(
+        self, action_id: str, outcome: str, detail: str | None = None, *, now: dt.datetime
+    ) -> None:
+        """Record how a begun action ended (``succeeded``, ``failed``, ``interrupted``...)."""
+        with self._write(f"finishing action {action_id[:64]!r}"), self._cache.transact():
+            entry = self._cache.get(_k_action(action_id))
+            if not isinstance(entry, dict):
+                raise StateError(f"action {action_id[:64]!r}: finished but never begun")
+            entry.update(outcome=outcome, detail=detail, finished_at=format_time(now))
+            self._cache.set(_k_action(action_id), entry)
+            meta = self._actions_meta()
+            if action_id in meta["open"]:
+                meta["open"].remove(action_id)
+                self._cache.set(_K_ACTIONS, meta)
+
+    def action_journal(self, limit: int = 50) -> list[Mapping[str, Any]]:
+        """The newest ``limit`` actions, newest first; an unfinished one has outcome None."""
+        with self._write("reading the action journal"), self._cache.transact():
+            meta = self._actions_meta()
+            result: list[Mapping[str, Any]] = []
+            seq = meta["next_seq"] - 1
+            while seq >= meta["oldest_seq"] and len(result) < limit:
+                action_id = self._cache.get(_k_action_seq(seq))
+                entry = self._cache.get(_k_action(action_id)) if action_id else None
+                if isinstance(entry, dict):
+                    result.append(entry)
+                seq -= 1
+            return result
+
+    def interrupted_actions(self) -> list[Mapping[str, Any]]:
+        """Actions begun but never finished, oldest first.
+
+        Call on start, before running any action: each one was cut short by the agent's
+        death. Never run them again; record ``action_finish(id, INTERRUPTED, ...)``.
+        """
+        meta = self._get(_K_ACTIONS) or {"open": []}
+        entries = [self._get(_k_action(action_id)) for action_id in meta["open"]]
+        return [e for e in entries if isinstance(e, dict) and e.get("outcome") is None]
+
+    def _actions_meta(self) -> dict[str, Any]:
+        meta = self._cache.get(_K_ACTIONS)
+        if meta is None:
+            return {"next_seq": 0, "oldest_seq": 0, "open": []}
+        if not isinstance(meta, dict):
+            raise StateCorruptError(f"state store {self.state_dir}: action journal is unreadable")
+        return meta
+
+    def _actions_prune(self, meta: dict[str, Any], now: dt.datetime) -> None:
+        """Forget entries beyond the newest ACTION_JOURNAL_KEEP that are older than 90 days."""
+        horizon = now - dt.timedelta(days=ACTION_JOURNAL_KEEP_DAYS)
+        while meta["next_seq"] - meta["oldest_seq"] > ACTION_JOURNAL_KEEP:
+            seq = meta["oldest_seq"]
+            action_id = self._cache.get(_k_action_seq(seq))
+            entry = self._cache.get(_k_action(action_id)) if action_id else None
+            if isinstance(entry, dict):
+                if parse_time(entry["begun_at"]) > horizon or entry["outcome"] is None:
+                    return  # still within 90 days (or never finished): keep it
+                self._cache.delete(_k_action(action_id))
+            self._cache.delete(_k_action_seq(seq))
+            meta["oldest_seq"] = seq + 1
+
     def settings(self) -> Mapping[str, Any]:
         """The diskcache settings in force, as stored (for checks and diagnostics)."""
         return {key: getattr(self._cache, key) for key in STORE_SETTINGS}
@@ -418,6 +701,7 @@ class StateStore:
             "trust": _trust_summary(trust) if trust else None,
             "imports": self.imports()[-20:],
             "last_cycle": self.last_cycle(),
+            "outbox": self.outbox_stats(),
         }
 
     def write_snapshot(self) -> None:
@@ -516,6 +800,45 @@ class StateStore:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+class _Pages:
+    """Outbox pages read and changed within one transaction; ``flush`` writes them."""
+
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self._cache = cache
+        self._pages: dict[int, list[list[Any]]] = {}
+        self._dirty: set[int] = set()
+
+    def get(self, page: int) -> list[list[Any]]:
+        if page not in self._pages:
+            value = self._cache.get(_k_outbox_page(page))
+            self._pages[page] = list(value) if isinstance(value, list) else []
+        return self._pages[page]
+
+    def touch(self, page: int) -> None:
+        self._dirty.add(page)
+
+    def flush(self) -> None:
+        for page in sorted(self._dirty):
+            entries = self._pages[page]
+            if entries:
+                self._cache.set(_k_outbox_page(page), entries)
+            else:
+                self._cache.delete(_k_outbox_page(page))
+        self._dirty.clear()
+
+
+def _usage(meta: Mapping[str, Any]) -> dict[str, TypeUsage]:
+    return {
+        t: TypeUsage(u["count"], u["bytes"], u["oldest"])
+        for t, u in meta["types"].items()
+        if u["count"] > 0
+    }
+
+
+def _bump(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
 
 
 @contextlib.contextmanager
