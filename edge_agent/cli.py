@@ -4,6 +4,9 @@ Exit codes (docs/cli.md is the reference):
 
     verify / import / watch     0 ok, 1 bundle rejected, 2 usage or configuration error,
                                 4 state store error (nothing was changed)
+    enroll                      0 enrolled, 1 refused by the server, 2 usage or configuration
+                                error (also: already enrolled without --force), 4 state store
+                                error, 5 the server did not answer
     status                      0 healthy, 1 degraded, 2 failing, 3 not initialised
 """
 
@@ -23,7 +26,13 @@ from typing import Any
 from edge_agent.bundle.trust import initial_trust, load_initial_root
 from edge_agent.bundle.verify import VerifiedBundle
 from edge_agent.clock import Clock, SystemClock
-from edge_agent.config import DEFAULT_PATH, AgentConfig, load_config
+from edge_agent.config import (
+    DEFAULT_PATH,
+    AgentConfig,
+    SyncConfig,
+    check_server_url,
+    load_config,
+)
 from edge_agent.errors import BundleError, ConfigError, StateError, TargetUnavailableError
 from edge_agent.importer import import_dropped_file, import_file, verify_file
 from edge_agent.state import ROOT_MAX_BYTES, StateStore
@@ -37,6 +46,7 @@ EXIT_USAGE = 2
 EXIT_STATE = 4
 EXIT_UNAVAILABLE = 5  # enforce --once: the target (cluster API, manifest folder) is unreachable
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits EX_SOFTWARE)
+MAX_TOKEN_BYTES = 4096  # a bootstrap token is ~60 characters; more is not a token file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _import(config, Path(args.file), clock, as_json=args.json)
         if args.command == "enforce":
             return _enforce(config, clock, once=args.once, as_json=args.json)
+        if args.command == "enroll":
+            return _enroll(config, clock, args)
         return _watch(config, clock)
     except ConfigError as exc:
         _fail(str(exc), as_json=as_json, result="config-error")
@@ -106,7 +118,32 @@ def _parser() -> argparse.ArgumentParser:
     enforce = commands.add_parser("enforce", help="keep the target on the policy in force")
     enforce.add_argument("--once", action="store_true", help="run one reconcile cycle and exit")
     enforce.add_argument("--json", action="store_true", help="with --once: the cycle as JSON")
+    enroll = commands.add_parser(
+        "enroll", help="enroll with the management server and keep the credential"
+    )
+    enroll.add_argument("--server", help="management server URL (default: sync.server)")
+    token = enroll.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file", help="file holding the bootstrap token (default: sync.enroll_token_file)"
+    )
+    token.add_argument(
+        "--token",
+        dest="read_stdin",
+        type=_stdin_only,
+        metavar="-",
+        help="'-': read the bootstrap token from stdin (never the token itself: ps shows it)",
+    )
+    enroll.add_argument("--force", action="store_true", help="enroll again when already enrolled")
+    enroll.add_argument("--json", action="store_true")
     return parser
+
+
+def _stdin_only(value: str) -> bool:
+    if value != "-":  # the message must not echo the value: it may be the token itself
+        raise argparse.ArgumentTypeError(
+            "only '-' (read stdin) is accepted; never put the token on the command line"
+        )
+    return True
 
 
 def _open_store(config: AgentConfig, clock: Clock) -> StateStore:
@@ -239,6 +276,87 @@ def _enforce(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) ->
         log.info("enforcing onto %s", target.name)
         enforcer.run(stop)
     return EXIT_OK
+
+
+def _enroll(config: AgentConfig, clock: Clock, args: argparse.Namespace) -> int:
+    from edge_agent.sync.client import SyncClient
+    from edge_agent.sync.errors import Refused, SyncError
+
+    sync = config.sync
+    server = args.server or (sync.server if sync else None)
+    if server is None:
+        raise ConfigError("enroll: no server: give --server or set sync.server in the config")
+    try:
+        server = check_server_url(server)
+    except ValueError as exc:
+        raise ConfigError(f"enroll: --server {exc}") from None
+    token = _read_token(args, sync)
+    with _open_store(config, clock) as store:
+        held = store.sync_credential()
+        if held is not None and not args.force:
+            raise ConfigError(
+                f"already enrolled as {held.get('cluster_id')} with {held.get('server')} "
+                f"(credential {held.get('credential_id')}); --force to enroll again"
+            )
+        settings = sync if sync is not None else SyncConfig(server=server)
+        try:
+            with SyncClient(
+                server,
+                ca_bundle=settings.ca_bundle,
+                proxy=settings.proxy,
+                timeout_s=settings.timeout_s,
+                clock=clock,
+            ) as client:
+                credential = client.enroll(token, config.cluster_id, config.labels)
+        except Refused as exc:
+            _fail(f"refused: {exc}", as_json=args.json, result="refused")
+            return EXIT_REJECTED
+        except SyncError as exc:
+            _fail(f"server unavailable: {exc}", as_json=args.json, result="unreachable")
+            return EXIT_UNAVAILABLE
+        store.set_sync_credential(credential.to_state(server, config.cluster_id))
+    log.info("enrolled %s with %s", config.cluster_id, server)
+    _emit(
+        {
+            "result": "enrolled",
+            "cluster_id": config.cluster_id,
+            "credential_id": credential.credential_id,
+            "server": server,
+        },
+        args.json,
+        f"enrolled {config.cluster_id} with {server} (credential {credential.credential_id})",
+    )
+    return EXIT_OK
+
+
+def _read_token(args: argparse.Namespace, sync: SyncConfig | None) -> str:
+    """The bootstrap token from --token-file, stdin (--token -) or sync.enroll_token_file.
+
+    Messages name where the token came from, never what it holds.
+    """
+    if args.read_stdin:
+        source, text = "stdin", sys.stdin.read(MAX_TOKEN_BYTES + 1)
+    else:
+        path = args.token_file or (sync.enroll_token_file if sync is not None else None)
+        if path is None:
+            raise ConfigError(
+                "enroll: no bootstrap token: give --token-file FILE, --token - (stdin) "
+                "or set sync.enroll_token_file"
+            )
+        source = f"token file {path}"
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read(MAX_TOKEN_BYTES + 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"enroll: cannot read {source}: {getattr(exc, 'strerror', None) or 'not UTF-8'}"
+            ) from None
+    token = text.strip()
+    if not token or len(text) > MAX_TOKEN_BYTES:
+        raise ConfigError(f"enroll: {source} is empty or too long")
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise ConfigError(f"enroll: {source} does not hold one token (one line, no spaces)")
+    return token
 
 
 def _summary(result: str, bundle: VerifiedBundle) -> dict[str, Any]:
