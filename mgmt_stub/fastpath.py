@@ -124,13 +124,7 @@ class AgentFastPath:
         try:
             accepted, duplicates = await self.events.submit((cluster_id, checked, "online"))
         except Problem as exc:
-            payload = {
-                "type": f"urn:edge-agent:problem:{exc.kind}",
-                "title": exc.kind.replace("-", " "),
-                "status": exc.status,
-                "detail": exc.detail,
-            }
-            await _respond(send, exc.status, [], payload, b"application/problem+json")
+            await _respond(send, exc.status, [], exc.to_json(), b"application/problem+json")
             return
         await _respond(send, 200, [], {"accepted": accepted, "duplicates": duplicates})
 

@@ -16,7 +16,7 @@ memory only, apart from SQLite reads that are cached.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,11 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
-from mgmt_stub.fastpath import AgentFastPath
+from mgmt_stub.fastpath import AgentFastPath, ASGIApp, Message, Receive, Scope, Send
 from mgmt_stub.groupcommit import GroupCommit
 from mgmt_stub.notify import MAX_WAITERS_PER_CLUSTER, Hub, TooManyWaiters
 from mgmt_stub.rollout import Selector, Strategy
-from mgmt_stub.service import ManagementService, Operator, Problem
+from mgmt_stub.service import ManagementService, Operator, Problem, problem_doc
 
 log = logging.getLogger("mgmt_stub")
 
@@ -43,12 +43,6 @@ DEFAULT_BODY_LIMIT = 2 << 20
 BODY_LIMITS = {"/v1/admin/profiles/": 16 << 20, "/v1/admin/ingest": 48 << 20}
 MAX_WAIT_S = 300
 STALE_AFTER_S = 900
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # -- request and response bodies --------------------------------------------------------
@@ -203,12 +197,7 @@ def problem(
     status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(
-        {
-            "type": f"urn:edge-agent:problem:{kind}",
-            "title": kind.replace("-", " "),
-            "status": status,
-            "detail": detail,
-        },
+        problem_doc(status, kind, detail),
         status_code=status,
         media_type="application/problem+json",
         headers=headers,

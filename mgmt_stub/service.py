@@ -79,6 +79,19 @@ class Problem(Exception):
         self.status, self.kind = status, kind
         self.detail = " ".join(detail.split())[:400]
 
+    def to_json(self) -> dict[str, Any]:
+        """The RFC 9457 problem-details document every error answer carries."""
+        return problem_doc(self.status, self.kind, self.detail)
+
+
+def problem_doc(status: int, kind: str, detail: str) -> dict[str, Any]:
+    return {
+        "type": f"urn:edge-agent:problem:{kind}",
+        "title": kind.replace("-", " "),
+        "status": status,
+        "detail": detail,
+    }
+
 
 @dataclass(frozen=True, slots=True)
 class Desired:
