@@ -5,26 +5,38 @@ state store, asks the target to reconcile, and records the cycle summary and the
 inventory in one transaction. A cycle that cannot start (the cluster API is down) is
 recorded with its error, leaves the inventory as it was, and is re-raised so that the
 scheduler backs off. No code path here waits on the management plane.
+
+Each recorded cycle queues its findings (``findings.cycle_events``: what changed, what
+drifted) in the same transaction, then a health event if the health changed. A policy that
+has gone stale under a rule saying ``on_stale: audit`` is enforced in audit mode: reported,
+never changed. An ``enforce`` process also runs a cycle at once when someone asked for one
+(``StateStore.request_reconcile``, the ``reconcile-now`` action).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle.model import Mode
-from edge_agent.clock import Clock
+from edge_agent.clock import Clock, format_time
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, PolicyObjectError, TargetUnavailableError
+from edge_agent.findings import cycle_events
+from edge_agent.outbox import Event
 from edge_agent.reconcile import cycle
 from edge_agent.reconcile.inventory import Inventory
 from edge_agent.reconcile.objects import desired_objects
 from edge_agent.reconcile.target import Target
 from edge_agent.scheduler import CycleScheduler
 from edge_agent.state import StateStore
+from edge_agent.status import staleness_of
+from edge_agent.telemetry import note_health, stamp
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +50,18 @@ def run_cycle(store: StateStore, target: Target, clock: Clock) -> dict[str, Any]
     revision = int(policy["revision"])
     mode = Mode(policy["settings"]["mode"])
     started = clock.now()
+    staleness = staleness_of(
+        {
+            "policy": policy,
+            "policy_confirmed_at": _text(store.policy_confirmed_at()),
+            "sync": store.sync_state(),
+        },
+        started,
+    )
+    if staleness is not None and staleness.audit and mode is Mode.ENFORCE:
+        log.warning("the policy is stale (%s): audit only", staleness.line())
+        mode = Mode.AUDIT
+    previous = store.last_cycle()
     raw_inventory = store.inventory()
     inventory = Inventory.from_json(raw_inventory) if raw_inventory else Inventory()
     try:
@@ -52,7 +76,8 @@ def run_cycle(store: StateStore, target: Target, clock: Clock) -> dict[str, Any]
             started_at=started,
             finished_at=clock.now(),
         )
-        store.record_cycle(summary, inventory.to_json())
+        store.record_cycle(summary, inventory.to_json(), events=_events(previous, summary, clock))
+        note_health(store, clock)
         log.warning("reconcile of revision %d did not run: %s", revision, exc)
         raise
     summary = cycle.summarize(
@@ -63,9 +88,22 @@ def run_cycle(store: StateStore, target: Target, clock: Clock) -> dict[str, Any]
         started_at=started,
         finished_at=clock.now(),
     )
-    store.record_cycle(summary, report.inventory.to_json())
+    store.record_cycle(
+        summary, report.inventory.to_json(), events=_events(previous, summary, clock)
+    )
+    note_health(store, clock)
     log.info("reconcile: %s", summary["line"])
     return summary
+
+
+def _events(
+    previous: Mapping[str, Any] | None, summary: Mapping[str, Any], clock: Clock
+) -> list[Event]:
+    return [stamp(kind, data, clock) for kind, data in cycle_events(previous, summary)]
+
+
+def _text(value: dt.datetime | None) -> str | None:
+    return format_time(value) if value else None
 
 
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -111,6 +149,7 @@ class Enforcer:
         """Until ``stop`` is set: schedule cycles, watch for new policies and tampering."""
         watcher = self._start_watch()
         seen = self._revision()
+        requests = self._requests()
         self._scheduler.start()
         try:
             while not stop.wait(self._poll_s):
@@ -120,6 +159,11 @@ class Enforcer:
                 if revision != seen:
                     log.info("policy revision %s is now in force; reconciling now", revision)
                     seen = revision
+                    self._scheduler.trigger_now()
+                asked = self._requests()
+                if asked != requests:
+                    log.info("a reconcile was requested; reconciling now")
+                    requests = asked
                     self._scheduler.trigger_now()
         finally:
             if watcher is not None:
@@ -143,6 +187,10 @@ class Enforcer:
         with self._lock:
             policy = self._store.current_policy()
         return None if policy is None else int(policy["revision"])
+
+    def _requests(self) -> int:
+        with self._lock:
+            return self._store.reconcile_requests()
 
     def _cycle(self) -> None:
         with self._lock:

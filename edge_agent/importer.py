@@ -2,8 +2,12 @@
 
 This is the shell around ``bundle.verify``: it opens the file, hashes it while verification
 streams it, stages artifacts in a private folder, and asks the state store to commit. The
-online sync path (a later issue) calls ``verify_and_commit`` with the bytes it downloaded,
-so both paths meet at the same verification function and the same commit.
+online sync path (``edge_agent.sync.engine``) calls ``verify_and_commit`` with the file it
+downloaded, so both paths meet at the same verification function and the same commit.
+
+Every outcome (committed, already in force, rejected, failed) is recorded in the import
+history and queued as an ``import`` event for the management plane in the same
+transaction, followed by a health event if the health changed.
 
 It never writes to the folder the bundle came from (USB media may be read-only).
 """
@@ -21,7 +25,10 @@ from edge_agent.bundle.verify import DiscardSink, VerifiedBundle, verify_bundle
 from edge_agent.clock import Clock
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BundleError, BundleErrorCode, StateError
+from edge_agent.findings import import_data
+from edge_agent.outbox import Event
 from edge_agent.state import ImportRecord, Source, StateStore
+from edge_agent.telemetry import note_health, stamp
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +124,24 @@ def verify_and_commit(
             assert sha is not None, "verify_bundle enforces the same size limit"
             meta = bundle.metadata
             if bundle.already_in_force:
-                store.record_import(
-                    ImportRecord(
-                        now, source.location, sha, "already-in-force", meta.revision, meta.bundle_id
-                    )
+                record = ImportRecord(
+                    now, source.location, sha, "already-in-force", meta.revision, meta.bundle_id
                 )
+                store.record_import(record, events=[_event(record, source.kind, clock)])
+                note_health(store, clock)
                 log.info(
                     "bundle %s: revision %d is already in force", source.location, meta.revision
                 )
                 return ImportResult("already-in-force", bundle, sha)
+            committed = ImportRecord(
+                now, source.location, sha, "committed", meta.revision, meta.bundle_id
+            )
             store.commit(
                 bundle,
                 source=Source(source.kind, source.location, sha, now),
                 staging=staging,
                 now=now,
+                events=[_event(committed, source.kind, clock)],
             )
     except BundleError as exc:
         # A file still being copied (truncated) is not remembered: it will be offered again.
@@ -146,13 +157,21 @@ def verify_and_commit(
                 message=exc.detail,
                 context=context,
             ),
+            source.kind,
+            clock,
         )
         log.warning("bundle %s rejected: %s", source.location, exc)
         raise
     except StateError as exc:
-        _record(store, ImportRecord(now, source.location, None, "failed", message=str(exc)))
+        _record(
+            store,
+            ImportRecord(now, source.location, None, "failed", message=str(exc)),
+            source.kind,
+            clock,
+        )
         log.error("bundle %s not committed: %s", source.location, exc)
         raise
+    note_health(store, clock)
     log.info(
         "bundle %s committed: revision %d (%s) now in force",
         source.location,
@@ -191,6 +210,8 @@ def import_dropped_file(
                 code=BundleErrorCode.TOO_LARGE.value,
                 message=message,
             ),
+            "bundle",
+            clock,
         )
         log.warning("bundle %s rejected: %s", path, message)
         return True
@@ -224,11 +245,17 @@ def _drain_hash(source: BundleInput) -> str | None:
         return None
 
 
-def _record(store: StateStore, record: ImportRecord) -> None:
+def _event(record: ImportRecord, kind: str, clock: Clock) -> Event:
+    return stamp("import", import_data(record.to_json(), kind), clock)
+
+
+def _record(store: StateStore, record: ImportRecord, kind: str, clock: Clock) -> None:
     try:
-        store.record_import(record)
+        store.record_import(record, events=[_event(record, kind, clock)])
     except StateError as exc:
         log.error("import result for %s not recorded: %s", record.location, exc)
+        return
+    note_health(store, clock)
 
 
 def _open(path: Path) -> BinaryIO:

@@ -27,9 +27,18 @@ Keys and what they hold (all JSON):
     seen_files          SHA-256 of bundle files already handled, with their result
     enforce/inventory   what the agent applied to its target (what it may prune), as JSON
     enforce/last_cycle  the newest reconcile cycle's summary (per-object results, health)
+    policy/confirmed_at when a verified bundle last confirmed the policy (committed, or
+                        already in force); with sync/state's last success, what staleness
+                        is measured from
+    enforce/requests    reconcile requests (a counter; an ``enforce`` process watches it)
     sync/credential     the management sync credential: server URL, cluster id, credential
-                        id and the secret ``credential``; never in ``view()``, the snapshot
-                        or a log line (the store is 0700, its files 0600)
+                        id, issued_at and the secret ``credential``; never in ``view()``, the
+                        snapshot or a log line (the store is 0700, its files 0600)
+    sync/state          what the sync engine knows of its link: ETag of the desired state
+                        last verified, newest action sequence, online/offline since, last
+                        success, last attempt and error, measured clock skew (no secrets)
+    outbox/health_last  the data of the newest health event queued (queued again only when
+                        it changes)
     outbox/meta         the outbox's counters: next sequence, first page, per type
                         {count, bytes, oldest sequence}, dropped and coalesced per type
     outbox/page/<n>     page n: [seq, type, bytes, event JSON text] of the queued events
@@ -74,7 +83,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +150,10 @@ _K_SEEN = "seen_files"
 _K_INVENTORY = "enforce/inventory"
 _K_LAST_CYCLE = "enforce/last_cycle"
 _K_SYNC_CREDENTIAL = "sync/credential"
+_K_SYNC_STATE = "sync/state"
+_K_CONFIRMED = "policy/confirmed_at"
+_K_REQUESTS = "enforce/requests"
+_K_HEALTH_LAST = "outbox/health_last"
 _K_OUTBOX = "outbox/meta"
 _K_ACTIONS = "actions/meta"
 
@@ -324,13 +337,19 @@ class StateStore:
         return _staging(self.state_dir / "staging")
 
     def commit(
-        self, bundle: VerifiedBundle, *, source: Source, staging: Staging, now: dt.datetime
+        self,
+        bundle: VerifiedBundle,
+        *,
+        source: Source,
+        staging: Staging,
+        now: dt.datetime,
+        events: Sequence[Event] = (),
     ) -> None:
-        """Make ``bundle`` the policy in force, atomically.
+        """Make ``bundle`` the policy in force, atomically, with ``events`` queued.
 
         Raises StateError if the policy in force changed since ``bundle`` was verified (a
         concurrent import), or StateWriteError if the disk refuses; either way the previous
-        policy stays in force.
+        policy stays in force and nothing is queued.
         """
         record = ImportRecord(
             now,
@@ -369,15 +388,21 @@ class StateStore:
                     self._cache.set(_K_ROOTS, history)
                 self._append_import(record)
                 self._mark_seen(source.file_sha256, record)
+                self._cache.set(_K_CONFIRMED, format_time(now))
+                self._enqueue_locked(events, None)
             self._collect_artifacts()
         self.write_snapshot()
 
-    def record_import(self, record: ImportRecord) -> None:
-        """Remember an import attempt that did not commit (rejected, already in force...)."""
+    def record_import(self, record: ImportRecord, *, events: Sequence[Event] = ()) -> None:
+        """Remember an import attempt that did not commit (rejected, already in force...),
+        with ``events`` queued in the same transaction."""
         with self._write("recording an import result"), self._cache.transact():
             self._append_import(record)
             if record.file_sha256 is not None:
                 self._mark_seen(record.file_sha256, record)
+            if record.result == "already-in-force":
+                self._cache.set(_K_CONFIRMED, format_time(record.at))
+            self._enqueue_locked(events, None)
         self.write_snapshot()
 
     def inventory(self) -> Mapping[str, Any] | None:
@@ -389,12 +414,37 @@ class StateStore:
         value = self._get(_K_LAST_CYCLE)
         return value if isinstance(value, dict) else None
 
-    def record_cycle(self, summary: Mapping[str, Any], inventory: Mapping[str, Any]) -> None:
-        """Keep one reconcile cycle's outcome and the inventory it leaves, atomically."""
+    def record_cycle(
+        self,
+        summary: Mapping[str, Any],
+        inventory: Mapping[str, Any],
+        *,
+        events: Sequence[Event] = (),
+    ) -> None:
+        """Keep one reconcile cycle's outcome, the inventory it leaves and its ``events``,
+        atomically."""
         with self._write("recording a reconcile cycle"), self._cache.transact():
             self._cache.set(_K_INVENTORY, dict(inventory))
             self._cache.set(_K_LAST_CYCLE, dict(summary))
+            self._enqueue_locked(events, None)
         self.write_snapshot()
+
+    def policy_confirmed_at(self) -> dt.datetime | None:
+        """When a verified bundle last confirmed the policy in force (None: never)."""
+        value = self._get(_K_CONFIRMED)
+        return parse_time(value) if isinstance(value, str) else None
+
+    def request_reconcile(self) -> int:
+        """Ask the enforcer for a cycle now (``reconcile-now``); the new request count."""
+        with self._write("requesting a reconcile"), self._cache.transact():
+            count = int(self._cache.get(_K_REQUESTS) or 0) + 1
+            self._cache.set(_K_REQUESTS, count)
+        return count
+
+    def reconcile_requests(self) -> int:
+        """How many reconcile requests were ever made (watch it for a change)."""
+        value = self._get(_K_REQUESTS)
+        return int(value) if isinstance(value, int) else 0
 
     def seen_file(self, file_sha256: str) -> Mapping[str, Any] | None:
         seen = self._get(_K_SEEN) or {}
@@ -444,6 +494,24 @@ class StateStore:
         with self._write("storing the sync credential"):
             self._cache.set(_K_SYNC_CREDENTIAL, value)
 
+    def sync_state(self) -> dict[str, Any]:
+        """What the sync engine recorded about its link (no secrets); {} before any sync."""
+        value = self._get(_K_SYNC_STATE)
+        return dict(value) if isinstance(value, dict) else {}
+
+    def update_sync_state(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``changes`` into the sync state (a None value removes the key); the result."""
+        with self._write("recording the sync state"), self._cache.transact():
+            value = self._cache.get(_K_SYNC_STATE)
+            state = dict(value) if isinstance(value, dict) else {}
+            for key, item in changes.items():
+                if item is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = item
+            self._cache.set(_K_SYNC_STATE, state)
+        return state
+
     def clear_sync_credential(self) -> None:
         """Forget the sync credential (unenrolled); doing so twice is harmless."""
         with self._write("clearing the sync credential"):
@@ -452,37 +520,54 @@ class StateStore:
     # -- outbox --------------------------------------------------------------------------
     def enqueue(self, events: Iterable[Event], *, policy: OutboxPolicy | None = None) -> None:
         """Queue ``events`` in order, applying the outbox policy, in one transaction."""
-        policy = policy or OutboxPolicy()
-        encoded = [(e.type, e.encode()) for e in events]
+        events = list(events)
         with self._write("queueing events"), self._cache.transact():
-            meta = self._outbox_meta()
-            pages = _Pages(self._cache)
-            for event_type, text in encoded:
-                size = event_size(text)
-                while True:
-                    step = next_step(policy, _usage(meta), event_type, size)
-                    if isinstance(step, Admit):
-                        seq = meta["next_seq"]
-                        meta["next_seq"] = seq + 1
-                        pages.get(seq // OUTBOX_PAGE).append([seq, event_type, size, text])
-                        pages.touch(seq // OUTBOX_PAGE)
-                        usage = meta["types"].setdefault(
-                            event_type, {"count": 0, "bytes": 0, "oldest": seq}
-                        )
-                        usage["count"] += 1
-                        usage["bytes"] += size
-                        break
-                    if isinstance(step, Refuse):
-                        _bump(meta["dropped"], event_type)
-                        break
-                    victim = meta["types"][step.type]["oldest"]
-                    self._outbox_remove(meta, pages, [victim])
-                    _bump(
-                        meta["coalesced" if step.reason is Reason.COALESCED else "dropped"],
-                        step.type,
+            self._enqueue_locked(events, policy)
+        log.debug("queued %d events", len(events))
+
+    def note_health(self, event: Event, *, policy: OutboxPolicy | None = None) -> bool:
+        """Queue a ``health`` event unless its data equals the last one queued; True if queued."""
+        with self._write("queueing a health event"), self._cache.transact():
+            data = json.loads(json.dumps(dict(event.data)))
+            if self._cache.get(_K_HEALTH_LAST) == data:
+                return False
+            self._cache.set(_K_HEALTH_LAST, data)
+            self._enqueue_locked([event], policy)
+        return True
+
+    def _enqueue_locked(self, events: Iterable[Event], policy: OutboxPolicy | None) -> None:
+        """``enqueue`` inside a transaction the caller holds."""
+        encoded = [(e.type, e.encode()) for e in events]
+        if not encoded:
+            return
+        policy = policy or OutboxPolicy()
+        meta = self._outbox_meta()
+        pages = _Pages(self._cache)
+        for event_type, text in encoded:
+            size = event_size(text)
+            while True:
+                step = next_step(policy, _usage(meta), event_type, size)
+                if isinstance(step, Admit):
+                    seq = meta["next_seq"]
+                    meta["next_seq"] = seq + 1
+                    pages.get(seq // OUTBOX_PAGE).append([seq, event_type, size, text])
+                    pages.touch(seq // OUTBOX_PAGE)
+                    usage = meta["types"].setdefault(
+                        event_type, {"count": 0, "bytes": 0, "oldest": seq}
                     )
-            self._outbox_save(meta, pages)
-        log.debug("queued %d events", len(encoded))
+                    usage["count"] += 1
+                    usage["bytes"] += size
+                    break
+                if isinstance(step, Refuse):
+                    _bump(meta["dropped"], event_type)
+                    break
+                victim = meta["types"][step.type]["oldest"]
+                self._outbox_remove(meta, pages, [victim])
+                _bump(
+                    meta["coalesced" if step.reason is Reason.COALESCED else "dropped"],
+                    step.type,
+                )
+        self._outbox_save(meta, pages)
 
     def outbox_batch(self, max_events: int, max_bytes: int) -> list[tuple[int, str]]:
         """The oldest queued events as ``(seq, event JSON)``, oldest first, without removing.
@@ -517,6 +602,21 @@ class StateStore:
             self._outbox_remove(meta, pages, wanted)
             self._outbox_save(meta, pages)
 
+    def refuse(self, seq: int) -> str | None:
+        """Remove one queued event the server refuses outright (a 422 for it alone), counted
+        under ``refused`` by type so that it is never lost silently; its type, or None."""
+        with self._write("removing a refused event"), self._cache.transact():
+            meta = self._outbox_meta()
+            pages = _Pages(self._cache)
+            entries = pages.get(seq // OUTBOX_PAGE)
+            kind = next((e[1] for e in entries if e[0] == seq), None)
+            if kind is None:
+                return None
+            self._outbox_remove(meta, pages, [seq])
+            _bump(meta.setdefault("refused", {}), str(kind))
+            self._outbox_save(meta, pages)
+            return str(kind)
+
     def outbox_stats(self) -> dict[str, Any]:
         """``{count, bytes, oldest_time, dropped: {type: n}, coalesced: {type: n}}``."""
         with self._write("reading the outbox"), self._cache.transact():
@@ -535,6 +635,7 @@ class StateStore:
             "oldest_time": oldest_time,
             "dropped": dict(meta["dropped"]),
             "coalesced": dict(meta["coalesced"]),
+            "refused": dict(meta.get("refused", {})),
         }
 
     def _outbox_meta(self) -> dict[str, Any]:
@@ -623,9 +724,16 @@ class StateStore:
             return True
 
     def action_finish(
-        self, action_id: str, outcome: str, detail: str | None = None, *, now: dt.datetime
+        self,
+        action_id: str,
+        outcome: str,
+        detail: str | None = None,
+        *,
+        now: dt.datetime,
+        events: Sequence[Event] = (),
     ) -> None:
-        """Record how a begun action ended (``succeeded``, ``failed``, ``interrupted``...)."""
+        """Record how a begun action ended (``succeeded``, ``failed``, ``interrupted``...),
+        with ``events`` (its result) queued in the same transaction."""
         with self._write(f"finishing action {action_id[:64]!r}"), self._cache.transact():
             entry = self._cache.get(_k_action(action_id))
             if not isinstance(entry, dict):
@@ -636,6 +744,7 @@ class StateStore:
             if action_id in meta["open"]:
                 meta["open"].remove(action_id)
                 self._cache.set(_K_ACTIONS, meta)
+            self._enqueue_locked(events, None)
 
     def action_journal(self, limit: int = 50) -> list[Mapping[str, Any]]:
         """The newest ``limit`` actions, newest first; an unfinished one has outcome None."""
@@ -702,7 +811,19 @@ class StateStore:
             "imports": self.imports()[-20:],
             "last_cycle": self.last_cycle(),
             "outbox": self.outbox_stats(),
+            "policy_confirmed_at": self._get(_K_CONFIRMED),
+            "sync": self._sync_view(),
         }
+
+    def _sync_view(self) -> dict[str, Any] | None:
+        """The sync state and the credential's public part; never the secret."""
+        state = self.sync_state()
+        held = self.sync_credential()
+        if held is None and not state:
+            return None
+        public = {k: held.get(k) for k in ("server", "credential_id", "issued_at")} if held else {}
+        state.pop("etag", None)
+        return {**state, **public}
 
     def write_snapshot(self) -> None:
         """Refresh the world-readable status snapshot; failures are logged, never fatal."""

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.clock import format_time, parse_time
+from edge_agent.staleness import Staleness
+from edge_agent.staleness import assess as assess_staleness
 
 
 class Verdict(enum.Enum):
@@ -47,6 +49,9 @@ def assess(view: Mapping[str, Any], now: dt.datetime) -> tuple[Verdict, str]:
             f"{in_force}, but trust root version {trust['root_version']} expired at "
             f"{trust['root_expires_at']}: no new bundle is accepted until one carries a newer root",
         )
+    staleness = staleness_of(view, now)
+    if staleness is not None and staleness.stale:
+        return Verdict.DEGRADED, f"{in_force}; {staleness.line()}"
     problem = _last_problem(view.get("imports") or []) or _cycle_problem(view.get("last_cycle"))
     if problem is not None:
         return Verdict.DEGRADED, f"{in_force}; {problem}"
@@ -57,6 +62,18 @@ def assess(view: Mapping[str, Any], now: dt.datetime) -> tuple[Verdict, str]:
             f"{trust['root_expires_at']}: deliver a rotated root soon",
         )
     return Verdict.HEALTHY, in_force
+
+
+def staleness_of(view: Mapping[str, Any], now: dt.datetime) -> Staleness | None:
+    """The policy's staleness: confirmed by the newest verified bundle or server contact."""
+    policy = view.get("policy")
+    if not policy:
+        return None
+    times = [view.get("policy_confirmed_at"), (view.get("sync") or {}).get("last_success_at")]
+    confirmed = max((parse_time(t) for t in times if t), default=None)
+    if confirmed is None:
+        confirmed = parse_time(policy["source"]["received_at"])
+    return assess_staleness(policy["settings"], confirmed_at=confirmed, now=now)
 
 
 def _cycle_problem(last_cycle: Mapping[str, Any] | None) -> str | None:
@@ -92,9 +109,11 @@ def report(
     labels: Mapping[str, str],
     source: str,
     now: dt.datetime,
+    sync_server: str | None = None,
 ) -> dict[str, Any]:
     """The stable JSON document of ``status --json``."""
     verdict, reason = assess(view, now)
+    staleness = staleness_of(view, now)
     return {
         "verdict": verdict.name.lower().replace("_", "-"),
         "reason": reason,
@@ -103,6 +122,40 @@ def report(
         "read_from": source,
         "checked_at": format_time(now),
         **dict(view),
+        "staleness": staleness.to_json() if staleness else None,
+        "connectivity": connectivity(view.get("sync"), sync_server),
+    }
+
+
+def connectivity(sync: Mapping[str, Any] | None, server: str | None) -> dict[str, Any]:
+    """Online, offline since, or never connected; what the link last said.
+
+    ``server`` is the configured management server (None: no ``sync`` section, air-gapped).
+    """
+    state = dict(sync or {})
+    if server is None:
+        return {"state": "air-gapped", "server": None, "since": None}
+    last_success = state.get("last_success_at")
+    if state.get("server") not in (None, server):
+        last_success = None  # what we know is about another server
+    if last_success is None:
+        link = "never-connected"
+        since = None
+    elif state.get("offline_since"):
+        link, since = "offline", state["offline_since"]
+    else:
+        link, since = "online", state.get("online_since") or last_success
+    return {
+        "state": link,
+        "server": server,
+        "since": since,
+        "enrolled": bool(state.get("credential_id")),
+        "credential_id": state.get("credential_id"),
+        "last_success_at": last_success,
+        "last_attempt_at": state.get("last_attempt_at"),
+        "last_error": state.get("last_error"),
+        "next_attempt_in_s": state.get("next_attempt_in_s"),
+        "clock_skew_s": state.get("clock_skew_s"),
     }
 
 
@@ -132,6 +185,10 @@ def render(doc: Mapping[str, Any]) -> str:
             )
     else:
         lines.append("policy       none in force")
+    staleness = doc.get("staleness")
+    if policy and staleness and staleness.get("stale_after_s"):
+        lines.append(f"staleness    {_staleness_line(staleness)}")
+    lines += _sync_lines(doc)
     last_cycle = doc.get("last_cycle")
     if last_cycle:
         lines.append(
@@ -169,6 +226,45 @@ def render(doc: Mapping[str, Any]) -> str:
                 lines.append(f"      {entry['message']}")
     lines.append(f"(read from {doc['read_from']})")
     return "\n".join(lines)
+
+
+def _staleness_line(doc: Mapping[str, Any]) -> str:
+    if doc["stale"]:
+        action = (
+            "audit only (not changing the cluster)"
+            if doc["on_stale"] == "audit"
+            else "still enforced"
+        )
+        return f"STALE since {doc['stale_since']} (confirmed {doc['confirmed_at']}); {action}"
+    return f"confirmed {doc['confirmed_at']}; stale after {doc['stale_after_s']} s without contact"
+
+
+def _sync_lines(doc: Mapping[str, Any]) -> list[str]:
+    link = doc.get("connectivity") or {}
+    outbox = doc.get("outbox") or {}
+    backlog = f"{outbox.get('count', 0)} events queued"
+    if outbox.get("oldest_time"):
+        backlog += f", oldest {outbox['oldest_time']}"
+    lost = sum((outbox.get("dropped") or {}).values())
+    if lost:
+        backlog += f", {lost} dropped when full"
+    state = link.get("state")
+    if state in (None, "air-gapped"):
+        return [f"management  none configured (air-gapped); {backlog}"]
+    if state == "online":
+        head = f"online since {link['since']}"
+    elif state == "offline":
+        head = f"OFFLINE since {link['since']} (last sync {link['last_success_at']})"
+    else:
+        head = "never connected"
+    lines = [f"management  {head}  {link['server']}"]
+    enrolled = f"credential {link['credential_id']}" if link.get("enrolled") else "not enrolled"
+    lines.append(
+        f"             {enrolled}; last sync {link.get('last_success_at') or 'never'}; {backlog}"
+    )
+    if link.get("last_error") and state != "online":
+        lines.append(f"             last error: {link['last_error']}")
+    return lines
 
 
 def _labels(labels: Mapping[str, str]) -> str:

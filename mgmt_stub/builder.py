@@ -5,6 +5,7 @@ A profile folder holds ``profile.yaml``::
     name: hello-web
     description: free text
     settings: {mode: enforce, reconcile_interval_s: 60, sync_interval_s: 300}
+    #   optional: stale_after_s: 2592000 (30 days without contact or a new bundle), on_stale: audit
     layers:                       # applied in this order
       - {name: base, path: layers/base}
       - {name: app, path: layers/app}
@@ -76,6 +77,8 @@ _PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LAYER_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _PROFILE_FIELDS = {"name", "description", "settings", "layers", "artifacts"}
 _SETTINGS = {"mode": "enforce", "reconcile_interval_s": 60, "sync_interval_s": 300}
+# Signed only when the profile gives them: absent means "authoritative forever".
+_OPTIONAL_SETTINGS = ("stale_after_s", "on_stale")
 
 
 def load_profile(folder: Path) -> Profile:
@@ -183,13 +186,16 @@ def _settings(settings: Any, spec_path: Path) -> dict[str, Any]:
         settings = {}
     if not isinstance(settings, dict):
         raise ProfileError(f"{spec_path}: 'settings' must be a mapping")
-    unknown = sorted(str(k) for k in settings if k not in _SETTINGS)
+    known = (*_SETTINGS, *_OPTIONAL_SETTINGS)
+    unknown = sorted(str(k) for k in settings if k not in known)
     if unknown:
         raise ProfileError(
             f"{spec_path}: unknown setting {unknown[0][:40]!r} "
-            f"(expected {', '.join(sorted(_SETTINGS))})"
+            f"(expected {', '.join(sorted(known))})"
         )
-    return {key: settings.get(key, default) for key, default in _SETTINGS.items()}
+    chosen = {key: settings.get(key, default) for key, default in _SETTINGS.items()}
+    chosen.update({key: settings[key] for key in _OPTIONAL_SETTINGS if key in settings})
+    return chosen
 
 
 def _entry(

@@ -78,6 +78,16 @@ class Target:
         return {"labels": dict(self.labels or {})}
 
 
+class StaleAction(enum.Enum):
+    REPORT = "report"
+    AUDIT = "audit"
+
+
+#: bounds of ``settings.stale_after_s``: five minutes to ten years.
+MIN_STALE_AFTER_S = 300
+MAX_STALE_AFTER_S = 10 * 365 * 86400
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Agent settings carried by the policy."""
@@ -85,12 +95,20 @@ class Settings:
     mode: Mode
     reconcile_interval_s: int
     sync_interval_s: int
+    #: how long the policy stays authoritative without contact with management or a new
+    #: bundle; None (the key absent) = forever, the right default for air-gapped sites.
+    stale_after_s: int | None = None
+    #: what a stale policy does: ``report`` (keep enforcing, say so) or ``audit`` (stop
+    #: changing the cluster, only report drift).
+    on_stale: StaleAction = StaleAction.REPORT
 
     def to_json(self) -> dict[str, Any]:
         return {
             "mode": self.mode.value,
             "reconcile_interval_s": self.reconcile_interval_s,
             "sync_interval_s": self.sync_interval_s,
+            "stale_after_s": self.stale_after_s,
+            "on_stale": self.on_stale.value,
         }
 
 
@@ -408,17 +426,38 @@ def _settings(doc: Any) -> Settings:
     code = Code.METADATA_MALFORMED
     if not isinstance(doc, dict):
         raise BundleError(code, "settings must be an object")
-    _exact_keys(doc, {"mode", "reconcile_interval_s", "sync_interval_s"}, "settings", code)
+    required = {"mode", "reconcile_interval_s", "sync_interval_s"}
+    optional = {"stale_after_s", "on_stale"} & doc.keys()
+    _exact_keys(doc, required | optional, "settings", code)
     try:
         mode = Mode(doc["mode"])
     except (ValueError, TypeError):
         raise BundleError(code, "settings mode must be 'enforce' or 'audit'") from None
+    stale_after_s = None
+    if "stale_after_s" in doc:
+        stale_after_s = _int(
+            doc["stale_after_s"],
+            "settings stale_after_s",
+            MIN_STALE_AFTER_S,
+            MAX_STALE_AFTER_S,
+            code,
+        )
+    on_stale = StaleAction.REPORT
+    if "on_stale" in doc:
+        if stale_after_s is None:
+            raise BundleError(code, "settings on_stale needs stale_after_s")
+        try:
+            on_stale = StaleAction(doc["on_stale"])
+        except (ValueError, TypeError):
+            raise BundleError(code, "settings on_stale must be 'report' or 'audit'") from None
     return Settings(
         mode=mode,
         reconcile_interval_s=_int(
             doc["reconcile_interval_s"], "settings reconcile_interval_s", 10, 86400, code
         ),
         sync_interval_s=_int(doc["sync_interval_s"], "settings sync_interval_s", 10, 86400, code),
+        stale_after_s=stale_after_s,
+        on_stale=on_stale,
     )
 
 
