@@ -7,6 +7,9 @@ Exit codes (docs/cli.md is the reference):
     enroll                      0 enrolled, 1 refused by the server, 2 usage or configuration
                                 error (also: already enrolled without --force), 4 state store
                                 error, 5 the server did not answer
+    sync                        0 ran (or stopped), 1 refused by the server (--once), 2 usage or
+                                configuration error (also: no sync section), 4 state store
+                                error, 5 the server did not answer (--once)
     status                      0 healthy, 1 degraded, 2 failing, 3 not initialised
 """
 
@@ -46,14 +49,15 @@ EXIT_USAGE = 2
 EXIT_STATE = 4
 EXIT_UNAVAILABLE = 5  # enforce --once: the target (cluster API, manifest folder) is unreachable
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits EX_SOFTWARE)
-MAX_TOKEN_BYTES = 4096  # a bootstrap token is ~60 characters; more is not a token file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO
-        if args.command == "watch" or (args.command == "enforce" and not args.once) or args.verbose
+        if args.command == "watch"
+        or (args.command in ("enforce", "sync") and not args.once)
+        or args.verbose
         else logging.CRITICAL,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
@@ -72,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _enforce(config, clock, once=args.once, as_json=args.json)
         if args.command == "enroll":
             return _enroll(config, clock, args)
+        if args.command == "sync":
+            return _sync(config, clock, once=args.once, as_json=args.json)
         return _watch(config, clock)
     except ConfigError as exc:
         _fail(str(exc), as_json=as_json, result="config-error")
@@ -118,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     enforce = commands.add_parser("enforce", help="keep the target on the policy in force")
     enforce.add_argument("--once", action="store_true", help="run one reconcile cycle and exit")
     enforce.add_argument("--json", action="store_true", help="with --once: the cycle as JSON")
+    sync = commands.add_parser(
+        "sync", help="keep in step with the management server (sync section of the config)"
+    )
+    sync.add_argument("--once", action="store_true", help="run one sync cycle and exit")
+    sync.add_argument("--json", action="store_true", help="with --once: the outcome as JSON")
     enroll = commands.add_parser(
         "enroll", help="enroll with the management server and keep the credential"
     )
@@ -221,7 +232,12 @@ def _status(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
             raise StateError(f"cannot read the snapshot {config.status_snapshot}: {exc}") from None
         source = f"snapshot {config.status_snapshot}"
     doc = report(
-        view, cluster_id=config.cluster_id, labels=config.labels, source=source, now=clock.now()
+        view,
+        cluster_id=config.cluster_id,
+        labels=config.labels,
+        source=source,
+        now=clock.now(),
+        sync_server=config.sync.server if config.sync else None,
     )
     print(json.dumps(doc, indent=2, sort_keys=True) if as_json else render(doc))
     return Verdict[doc["verdict"].upper().replace("-", "_")].value
@@ -278,6 +294,33 @@ def _enforce(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) ->
     return EXIT_OK
 
 
+def _sync(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) -> int:
+    from edge_agent.sync.engine import SyncEngine
+
+    if config.sync is None:
+        raise ConfigError("sync: the config has no sync section (this site is air-gapped)")
+    with _open_store(config, clock) as store:
+        engine = SyncEngine(config, store, clock)
+        try:
+            if once:
+                engine.recover_interrupted()
+                outcome = engine.cycle()
+                _emit(outcome.to_json(), as_json, f"{outcome.result}: {outcome.detail}")
+                if outcome.result == "state-error":
+                    return EXIT_STATE
+                if outcome.result == "refused":
+                    return EXIT_REJECTED
+                return EXIT_UNAVAILABLE if outcome.result == "unreachable" else EXIT_OK
+            stop = threading.Event()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: stop.set())
+            log.info("syncing with %s", config.sync.server)
+            engine.run(stop)
+        finally:
+            engine.close()
+    return EXIT_OK
+
+
 def _enroll(config: AgentConfig, clock: Clock, args: argparse.Namespace) -> int:
     from edge_agent.sync.client import SyncClient
     from edge_agent.sync.errors import Refused, SyncError
@@ -314,7 +357,7 @@ def _enroll(config: AgentConfig, clock: Clock, args: argparse.Namespace) -> int:
         except SyncError as exc:
             _fail(f"server unavailable: {exc}", as_json=args.json, result="unreachable")
             return EXIT_UNAVAILABLE
-        store.set_sync_credential(credential.to_state(server, config.cluster_id))
+        store.set_sync_credential(credential.to_state(server, config.cluster_id, clock.now()))
     log.info("enrolled %s with %s", config.cluster_id, server)
     _emit(
         {
@@ -334,29 +377,20 @@ def _read_token(args: argparse.Namespace, sync: SyncConfig | None) -> str:
 
     Messages name where the token came from, never what it holds.
     """
-    if args.read_stdin:
-        source, text = "stdin", sys.stdin.read(MAX_TOKEN_BYTES + 1)
-    else:
+    from edge_agent.sync.engine import MAX_TOKEN_BYTES, check_token, read_token_file
+
+    try:
+        if args.read_stdin:
+            return check_token(sys.stdin.read(MAX_TOKEN_BYTES + 1), "stdin")
         path = args.token_file or (sync.enroll_token_file if sync is not None else None)
         if path is None:
             raise ConfigError(
                 "enroll: no bootstrap token: give --token-file FILE, --token - (stdin) "
                 "or set sync.enroll_token_file"
             )
-        source = f"token file {path}"
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read(MAX_TOKEN_BYTES + 1)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"enroll: cannot read {source}: {getattr(exc, 'strerror', None) or 'not UTF-8'}"
-            ) from None
-    token = text.strip()
-    if not token or len(text) > MAX_TOKEN_BYTES:
-        raise ConfigError(f"enroll: {source} is empty or too long")
-    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
-        raise ConfigError(f"enroll: {source} does not hold one token (one line, no spaces)")
-    return token
+        return read_token_file(Path(path))
+    except ValueError as exc:
+        raise ConfigError(f"enroll: {exc}") from None
 
 
 def _summary(result: str, bundle: VerifiedBundle) -> dict[str, Any]:

@@ -28,6 +28,8 @@ Example (every key but ``cluster_id`` and ``paths.initial_root`` has a default):
       timeout_s: 10                     # connect, and each read and write, per request
       wait_s: 55                        # long poll asked of the server (1..300)
       enroll_token_file: /etc/edge-agent/enroll.token   # bootstrap token for first start
+      retry_base_s: 5                   # backoff after failures: full jitter up to base*2^n,
+      retry_max_s: 300                  #   capped (a Retry-After from the server wins)
 
 Unknown keys are errors (a misspelt key must not silently fall back to a default). Every
 error is a ``ConfigError`` whose one-line message names the file, the key and the problem.
@@ -93,6 +95,11 @@ class SyncConfig:
     timeout_s: float = 10.0  # connect, each read, each write; a dead link is noticed this fast
     wait_s: int = 55  # below the 60 s idle cut-off of common NATs and proxies
     enroll_token_file: Path | None = None
+    #: backoff ceiling after the first failure; doubles per failure up to ``retry_max_s``.
+    #: 5 s: a blip is retried at once, an outage costs one request per few minutes.
+    retry_base_s: float = 5.0
+    #: no wait between attempts is longer (unless the server's Retry-After asks for more).
+    retry_max_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +120,16 @@ class AgentConfig:
 
 
 _TOP_KEYS = {"cluster_id", "labels", "paths", "drop_folders", "limits", "target", "sync"}
-_SYNC_KEYS = {"server", "ca_bundle", "proxy", "timeout_s", "wait_s", "enroll_token_file"}
+_SYNC_KEYS = {
+    "server",
+    "ca_bundle",
+    "proxy",
+    "timeout_s",
+    "wait_s",
+    "enroll_token_file",
+    "retry_base_s",
+    "retry_max_s",
+}
 _TARGET_KEYS = {"kind", "kubeconfig", "folder", "layout"}
 _PATH_KEYS = {"state_dir", "initial_root", "status_snapshot"}
 _LIMIT_KEYS = {
@@ -302,8 +318,24 @@ def _sync(doc: Any, where: str, base: Path) -> SyncConfig:
         raise ConfigError(
             f"config {where}: sync.wait_s must be whole seconds in [1, {MAX_WAIT_S}], got {wait_s!r}"
         )
+    retry = {}
+    for key, default in (("retry_base_s", 5.0), ("retry_max_s", 300.0)):
+        value = doc.get(key, default)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0.1 <= value <= 86400
+        ):
+            raise ConfigError(
+                f"config {where}: sync.{key} must be a number of seconds in [0.1, 86400], got {value!r}"
+            )
+        retry[key] = float(value)
+    if retry["retry_base_s"] > retry["retry_max_s"]:
+        raise ConfigError(f"config {where}: sync.retry_base_s is larger than sync.retry_max_s")
     return SyncConfig(
         server=server,
+        retry_base_s=retry["retry_base_s"],
+        retry_max_s=retry["retry_max_s"],
         ca_bundle=_path(doc["ca_bundle"], where, "sync.ca_bundle", base)
         if "ca_bundle" in doc
         else None,

@@ -9,6 +9,8 @@ What it guarantees:
 - **Never two cycles at once** (one worker thread, and a lock of our own).
 - **Failures back off**: a cycle that raises is logged, never crashes the process, and the
   next attempt comes after ``Backoff.delay_s`` (full jitter); a success resets the count.
+- **The cycle may choose its next delay**: a cycle that returns a number of seconds is next
+  run after exactly that long (the sync engine knows when its link allows the next request).
 - **Clock jumps**: edge devices boot at 1970 and jump decades forward once NTP answers.
   APScheduler 3 with an ``IntervalTrigger`` then computes every missed run one by one (a
   365-day jump of a 1 s job took 38 s, with ``shutdown()`` hung meanwhile). Here the job's
@@ -190,8 +192,11 @@ class CycleScheduler:
                 self._rerun_requested = True
                 return
             self._in_cycle = True
+        chosen: float | None = None
         try:
-            self._cycle()
+            result = self._cycle()
+            if isinstance(result, int | float) and not isinstance(result, bool):
+                chosen = max(0.0, float(result))
         except Exception:  # a failing cycle must never take the agent down
             with self._counters:
                 self._failures += 1
@@ -200,7 +205,7 @@ class CycleScheduler:
         else:
             with self._counters:
                 self._failures = 0
-        delay = dt.timedelta(seconds=self._next_delay_s())
+        delay = dt.timedelta(seconds=self._next_delay_s() if chosen is None else chosen)
         # The scheduler set the next run (now + delay) under its job-store lock when it
         # submitted this cycle; rescheduling here, under the same lock and under _state,
         # replaces it with a delay that knows this cycle's outcome, and cannot lose a

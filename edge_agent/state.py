@@ -5,6 +5,8 @@ Layout of ``state_dir`` (created 0755; everything private below it is 0700/0600)
     store/          diskcache (SQLite, WAL) — the store of record, private to the agent
     artifacts/      verified artifact blobs, named by SHA-256, private
     staging/        one private folder per import in progress; removed on success or failure
+    downloads/      bundles being downloaded by the sync engine (``desired-*``), private;
+                    emptied whenever the sync engine starts
     status.json     a world-readable snapshot for ``edge-agent status`` run by other users
 
 diskcache is configured as a store of record, not a cache (its defaults are wrong here):
@@ -465,6 +467,19 @@ class StateStore:
     def root_history(self) -> list[Mapping[str, Any]]:
         return list(self._get(_K_ROOTS) or [])
 
+    def downloads_folder(self) -> Path:
+        """The private folder the sync engine downloads bundles into, emptied of anything a
+        killed download left behind. Call once when the engine starts."""
+        folder = self.state_dir / "downloads"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+            for leftover in folder.glob("desired-*"):
+                leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StateWriteError(f"downloads folder {folder}: {exc.strerror or exc}") from None
+        return folder
+
     def artifact_path(self, sha256: str) -> Path:
         return self._artifacts / sha256
 
@@ -534,6 +549,12 @@ class StateStore:
             self._cache.set(_K_HEALTH_LAST, data)
             self._enqueue_locked([event], policy)
         return True
+
+    def clear_health_mark(self) -> None:
+        """Forget the last health event queued: the next one is queued whatever it says
+        (after an enrolment or a ``resync``, the server may not have it)."""
+        with self._write("clearing the health mark"):
+            self._cache.delete(_K_HEALTH_LAST)
 
     def _enqueue_locked(self, events: Iterable[Event], policy: OutboxPolicy | None) -> None:
         """``enqueue`` inside a transaction the caller holds."""

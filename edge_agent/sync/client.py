@@ -27,6 +27,7 @@ Transport rules, each for a reason:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from edge_agent.clock import Clock, SystemClock
+from edge_agent.clock import Clock, SystemClock, format_time
 from edge_agent.config import LOOPBACK_HOSTS, SyncConfig
 from edge_agent.errors import ConfigError, StateWriteError
 from edge_agent.sync.errors import Refused, RetryLater, ServerError, SyncError, Unreachable
@@ -73,13 +74,14 @@ class Credential:
     credential_id: str
     credential: str = field(repr=False)
 
-    def to_state(self, server: str, cluster_id: str) -> dict[str, str]:
+    def to_state(self, server: str, cluster_id: str, issued_at: dt.datetime) -> dict[str, str]:
         """The document ``StateStore.set_sync_credential`` keeps."""
         return {
             "server": server,
             "cluster_id": cluster_id,
             "credential_id": self.credential_id,
             "credential": self.credential,
+            "issued_at": format_time(issued_at),
         }
 
 
@@ -154,6 +156,9 @@ class SyncClient:
         clock: Clock | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        #: the server's clock from the ``Date`` header of its newest answer, and our clock
+        #: when it arrived (the sync engine derives the clock skew from the pair).
+        self.server_time: tuple[dt.datetime, dt.datetime] | None = None
         self.timeout_s = timeout_s
         self.wait_s = wait_s
         self._credential = credential
@@ -421,6 +426,9 @@ class SyncClient:
         try:
             try:
                 response = self._http.send(request, stream=True)
+                server_date = parse_http_date(response.headers.get("date"))
+                if server_date is not None:
+                    self.server_time = (server_date, self._clock.now())
                 try:
                     _raise_for_status(response, where, self._clock, scrub)
                     yield response
