@@ -80,15 +80,20 @@ class AgentFastPath:
         if cluster_id is None:
             return False
         state = self.service.desired(cluster_id)
+        seq = (b"x-edge-actions", str(self.service.action_seq(cluster_id)).encode())
         if state is None:
-            await _respond(send, 204, [])
+            await _respond(send, 204, [seq])
             return True
         if not match or state.etag not in (t.strip() for t in match.split(",")):
             return False  # a full fetch: FileResponse in the route
         await _respond(
             send,
             304,
-            [(b"etag", state.etag.encode()), (b"x-edge-revision", str(state.revision).encode())],
+            [
+                (b"etag", state.etag.encode()),
+                (b"x-edge-revision", str(state.revision).encode()),
+                seq,
+            ],
         )
         return True
 

@@ -29,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edge_agent.bundle.model import MAX_STALE_AFTER_S, MIN_STALE_AFTER_S
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
 from mgmt_stub.fastpath import AgentFastPath, ASGIApp, Message, Receive, Scope, Send
 from mgmt_stub.groupcommit import GroupCommit
@@ -123,6 +124,9 @@ class SettingsBody(Strict):
     mode: Literal["enforce", "audit"] = "enforce"
     reconcile_interval_s: Annotated[int, Field(ge=10, le=86400)] = 60
     sync_interval_s: Annotated[int, Field(ge=10, le=86400)] = 300
+    # The staleness rule (docs/bundle-format.md §7); absent: the policy never goes stale.
+    stale_after_s: Annotated[int, Field(ge=MIN_STALE_AFTER_S, le=MAX_STALE_AFTER_S)] | None = None
+    on_stale: Literal["report", "audit"] | None = None
 
 
 class ProfileBody(Strict):
@@ -520,9 +524,14 @@ def create_app(
     ) -> Response:
         """The cluster's desired state: the same signed bundle an offline site imports."""
         state = service.desired(cluster_id)
+        seq = str(service.action_seq(cluster_id))
         if state is None:
-            return Response(status_code=204)
-        headers = {"ETag": state.etag, "X-Edge-Revision": str(state.revision)}
+            return Response(status_code=204, headers={"X-Edge-Actions": seq})
+        headers = {
+            "ETag": state.etag,
+            "X-Edge-Revision": str(state.revision),
+            "X-Edge-Actions": seq,
+        }
         if if_none_match and state.etag in (t.strip() for t in if_none_match.split(",")):
             return Response(status_code=304, headers=headers)
         return FileResponse(state.path, media_type=BUNDLE_MEDIA_TYPE, headers=headers)

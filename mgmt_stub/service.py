@@ -163,6 +163,7 @@ class ManagementService:
         self.db = Storage(data_dir / "stub.db")
         self._creds: dict[str, _Cred] = {}  # credential id -> cached row
         self._desired: dict[str, Desired | None] = {}
+        self._action_seqs: dict[str, int] = {}  # newest action sequence per cluster (cache)
         self._seen: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._next_renewal: dt.datetime | None = None
@@ -433,7 +434,15 @@ class ManagementService:
     def wait_state(self, cluster_id: str) -> tuple[str | None, int]:
         """What a waiting agent compares: its desired ETag and newest action sequence."""
         desired = self.desired(cluster_id)
-        return (desired.etag if desired else None), self.db.action_seq(cluster_id)
+        return (desired.etag if desired else None), self.action_seq(cluster_id)
+
+    def action_seq(self, cluster_id: str) -> int:
+        """The cluster's newest action sequence (sent with every desired-state answer, so an
+        idle agent asks for actions only when there are new ones)."""
+        seq = self._action_seqs.get(cluster_id)
+        if seq is None:
+            seq = self._action_seqs[cluster_id] = self.db.action_seq(cluster_id)
+        return seq
 
     def pending_actions(self, cluster_id: str) -> list[Row]:
         return self.db.pending_actions(cluster_id)
@@ -1036,6 +1045,7 @@ class ManagementService:
                 }
                 action["seq"] = self.db.add_action(action)
                 queued.append(action)
+                self._action_seqs.pop(cluster["id"], None)
             self._audit(
                 actor,
                 "action.queue",
@@ -1232,7 +1242,8 @@ def _write_profile(folder: Path, name: str, doc: Mapping[str, Any]) -> None:
     if doc.get("description"):
         spec["description"] = str(doc["description"])
     if doc.get("settings") is not None:
-        spec["settings"] = doc["settings"]
+        # Unset optional settings stay out of the signed bundle (absent means the default).
+        spec["settings"] = {k: v for k, v in doc["settings"].items() if v is not None}
     (folder / "profile.yaml").write_text(json.dumps(spec), encoding="utf-8")
 
 

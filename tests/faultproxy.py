@@ -32,6 +32,12 @@ Modes (:class:`Mode`), and what they do to new and to live connections:
 - ``truncate_after(n_bytes)``: forward ``n_bytes`` of the response, then close cleanly (FIN): a
   truncated body. For both, the count starts when the connection first forwards a chunk under
   that mode (at its start for a new connection).
+- ``answer(responder)``: a fake server at the link, for faults only HTTP can express (a 500,
+  a 429 with ``Retry-After``, a bundle tampered with on the way). Each new connection's first
+  request head (and its ``Content-Length`` body) is read and given to ``responder(head)``,
+  which returns the whole raw response to send (then the connection is closed cleanly: say
+  ``Connection: close``), or None to forward that connection upstream as ``pass_`` would
+  (the head included). Decided once per connection, on its first request.
 - ``cut()`` is an event, not a mode: reset every live connection now; the mode is unchanged.
 
 Counters, readable from any thread: :attr:`FaultProxy.connections` (accepted),
@@ -58,7 +64,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -83,6 +89,10 @@ class Mode(enum.Enum):
     DELAY = "delay"
     RESET_AFTER = "reset_after"
     TRUNCATE_AFTER = "truncate_after"
+    ANSWER = "answer"
+
+
+Responder = Callable[[bytes], bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,7 @@ class _Setting:
     refuse: bool = False
     delay_s: float = 0.0
     limit_bytes: int = 0
+    responder: Responder | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +288,11 @@ class FaultProxy:
             raise ValueError(f"truncate_after needs n_bytes >= 0, got {n_bytes}")
         self._set(_Setting(Mode.TRUNCATE_AFTER, limit_bytes=n_bytes))
 
+    def answer(self, responder: Responder) -> None:
+        """Answer each new connection's first request with ``responder(head)`` (or forward it
+        when that returns None)."""
+        self._set(_Setting(Mode.ANSWER, responder=responder))
+
     def cut(self) -> None:
         """Reset every live connection now; the mode stays as it is."""
         self._call(self._cut())
@@ -405,6 +421,9 @@ class FaultProxy:
                 connection.rst = True
             elif setting.mode is Mode.BLACKHOLE:
                 await self._swallow(connection.client)
+            elif setting.mode is Mode.ANSWER:
+                assert setting.responder is not None
+                await self._answer(connection, setting.responder)
             else:
                 await self._forward(connection)
         except _Reset:
@@ -423,12 +442,44 @@ class FaultProxy:
                 connection.closed = True
                 self._accepted.notify_all()
 
+    async def _answer(self, connection: _Connection, responder: Responder) -> None:
+        loop = asyncio.get_running_loop()
+        received = b""
+        while b"\r\n\r\n" not in received:
+            data = await loop.sock_recv(connection.client, CHUNK_BYTES)
+            if not data:
+                return
+            received += data
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                length = int(value.strip())
+        while len(body) < length:
+            data = await loop.sock_recv(connection.client, CHUNK_BYTES)
+            if not data:
+                return
+            body += data
+        with self._lock:
+            connection.bytes_up += len(received) + len(body)
+            self._bytes_up += len(received) + len(body)
+        response = responder(head + b"\r\n\r\n")
+        if response is None:
+            await self._forward(connection, initial=head + b"\r\n\r\n" + body)
+            return
+        await loop.sock_sendall(connection.client, response)
+        with self._lock:
+            connection.bytes_down += len(response)
+            self._bytes_down += len(response)
+        await _drained(connection.client)
+
     async def _swallow(self, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while await loop.sock_recv(client, CHUNK_BYTES):
             pass
 
-    async def _forward(self, connection: _Connection) -> None:
+    async def _forward(self, connection: _Connection, initial: bytes = b"") -> None:
         loop = asyncio.get_running_loop()
         upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         upstream.setblocking(False)
@@ -437,6 +488,8 @@ class FaultProxy:
             await loop.sock_connect(upstream, (HOST, self.upstream_port))
         except OSError as exc:
             raise _Reset from exc  # what a client of a dead server would see, one hop later
+        if initial:
+            await loop.sock_sendall(upstream, initial)
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
         tasks = [
             loop.create_task(self._pump_up(connection)),

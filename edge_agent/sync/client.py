@@ -87,14 +87,22 @@ class Credential:
 
 @dataclass(frozen=True, slots=True)
 class Unchanged:
-    """304: the desired state is still the one with this ETag."""
+    """304: the desired state is still the one with this ETag.
+
+    ``actions`` (here and in the other answers) is the newest action sequence of the cluster
+    from ``X-Edge-Actions``, so an idle agent asks for actions only when there are new ones;
+    None when the server does not send it.
+    """
 
     etag: str
+    actions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NoneAssigned:
     """204: no desired state is assigned to this cluster (nothing to do, nothing to remove)."""
+
+    actions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,7 @@ class Bundle:
     revision: int
     size: int
     sha256: str
+    actions: int | None = None
 
 
 Desired = Unchanged | NoneAssigned | Bundle
@@ -240,10 +249,12 @@ class SyncClient:
         if etag:
             headers["If-None-Match"] = etag
         with self._exchange("GET", path, headers=headers) as response:
+            seq_text = response.headers.get("x-edge-actions", "")
+            actions = int(seq_text) if seq_text.isascii() and seq_text.isdigit() else None
             if response.status_code == 304:
-                return Unchanged(response.headers.get("etag") or etag or "")
+                return Unchanged(response.headers.get("etag") or etag or "", actions)
             if response.status_code == 204:
-                return NoneAssigned()
+                return NoneAssigned(actions)
             if response.status_code != 200:
                 raise ServerError(
                     f"{where}: unexpected HTTP {response.status_code}",
@@ -269,7 +280,7 @@ class SyncClient:
             raise Unreachable(
                 f"{where}: the bundle received ({size} bytes) does not match its ETag; discarded"
             )
-        return Bundle(file_path, new_etag, int(revision), size, sha256)
+        return Bundle(file_path, new_etag, int(revision), size, sha256, actions)
 
     def post_events(self, events: Sequence[Mapping[str, Any]]) -> EventsAccepted:
         """Deliver one batch (idempotent by event id on the server)."""

@@ -182,6 +182,7 @@ class SyncEngine:
         self._client_credential: str | None = None
         self._downloads = store.downloads_folder()
         self._force_pull = False
+        self._recheck = True  # ask for actions on the first cycle whatever the server says
         self.cycles = 0  # completed cycles (any outcome), for the waiter and for tests
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -262,9 +263,9 @@ class SyncEngine:
                     "no credential and no sync.enroll_token_file to enroll with",
                     self._interval_s(),
                 )
-            revision = self._pull(client)
+            revision, newest_action = self._pull(client)
             self._succeeded(client, probing)
-            actions = self._actions(client)
+            actions = self._actions(client, newest_action)
             delivered = self._deliver(client)
             self._rotate_if_due(client)
         except SyncError as exc:
@@ -329,8 +330,9 @@ class SyncEngine:
         log.info("sync: enrolled %s with %s", self._config.cluster_id, self._sync.server)
         return self._client_for_credential()
 
-    def _pull(self, client: SyncClient) -> int | None:
-        """Fetch the desired state; verify and commit a new one. The revision in force."""
+    def _pull(self, client: SyncClient) -> tuple[int | None, int | None]:
+        """Fetch the desired state; verify and commit a new one. The revision in force and
+        the server's newest action sequence (None: unknown)."""
         state = self._store.sync_state()
         etag = None if self._force_pull else state.get("etag")
         answer = client.desired(
@@ -350,7 +352,7 @@ class SyncEngine:
         else:
             self._import(answer)
         policy = self._store.current_policy()
-        return int(policy["revision"]) if policy else None
+        return (int(policy["revision"]) if policy else None), answer.actions
 
     def _import(self, bundle: Bundle) -> None:
         try:
@@ -381,10 +383,13 @@ class SyncEngine:
             bundle.path.unlink(missing_ok=True)
         self._store.update_sync_state({"etag": bundle.etag, "assigned": True})
 
-    def _actions(self, client: SyncClient) -> int:
+    def _actions(self, client: SyncClient, newest_on_server: int | None) -> int:
+        newest = int(self._store.sync_state().get("actions_seq") or 0)
+        if newest_on_server is not None and newest_on_server <= newest and not self._recheck:
+            return 0  # nothing new: an idle cycle is one conditional GET
+        self._recheck = False
         pending = client.actions()
         ran = 0
-        newest = int(self._store.sync_state().get("actions_seq") or 0)
         for action in pending:
             newest = max(newest, action.seq)
             if self._stop.is_set():
