@@ -95,7 +95,7 @@ def test_enroll_then_desired_200_304_and_the_bundle_verifies(
         assert bundle.path.parent == downloads and bundle.path.stat().st_size == bundle.size
         assert bundle.etag == f'"{bundle.sha256}"'
         assert client.desired(bundle.etag, folder=downloads, max_bytes=MAX_BYTES) == Unchanged(
-            bundle.etag
+            bundle.etag, actions=0
         )
         assert list(downloads.iterdir()) == [bundle.path]  # a 304 writes nothing
         with pytest.raises(SyncError, match="the limit is"):
@@ -114,7 +114,7 @@ def test_enroll_then_desired_200_304_and_the_bundle_verifies(
 def test_nothing_assigned_is_204(stub: StubProcess, enrolled: Enroll, tmp_path: Path) -> None:
     client, _ = enrolled("sync-unassigned", {"region": "nowhere"})
     with client:
-        assert client.desired(None, folder=tmp_path, max_bytes=MAX_BYTES) == NoneAssigned()
+        assert client.desired(None, folder=tmp_path, max_bytes=MAX_BYTES) == NoneAssigned(0)
     assert list(tmp_path.iterdir()) == []
 
 
