@@ -28,7 +28,7 @@ from edge_agent.enforcer import run_cycle
 from edge_agent.reconcile.manifest_dir import ManifestDirTarget
 from edge_agent.state import StateStore
 from edge_agent.sync.engine import SyncEngine
-from tests.conftest import BIN, FakeClock
+from tests.conftest import BIN, FakeClock, wait_for
 from tests.stub_process import StubProcess
 
 
@@ -77,12 +77,12 @@ class SyncSite:
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{args[0]}.log").open("ab")
-        process = subprocess.Popen(
-            [str(BIN / "edge-agent"), "--config", str(self.config_path), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.root / f"{args[0]}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [str(BIN / "edge-agent"), "--config", str(self.config_path), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.processes.append(process)
         return process
 
@@ -107,6 +107,20 @@ class SyncSite:
 
     def server_events(self) -> list[dict[str, Any]]:
         return server_events(self.stub, self.cluster_id)
+
+    def desired_on_server(self, timeout_s: float = 30.0) -> int:
+        """The revision the server wants for this cluster, once it has enrolled and one is set."""
+        found: list[int] = []
+
+        def known() -> bool:
+            response = self.stub.admin.get(f"/v1/admin/clusters/{self.cluster_id}")
+            if response.status_code == 200 and response.json().get("desired"):
+                found.append(int(response.json()["desired"]))
+                return True
+            return False
+
+        wait_for(known, timeout_s)
+        return found[-1]
 
     def server_cluster(self) -> dict[str, Any]:
         response = self.stub.admin.get(f"/v1/admin/clusters/{self.cluster_id}")

@@ -229,8 +229,11 @@ class SyncEngine:
             stop.wait()
         finally:
             self._healthy.set()  # let the waiter see the stop
-            scheduler.shutdown()
-            waiter.join(self._sync.timeout_s + 2)
+            scheduler.shutdown()  # lets a running cycle finish: its requests have timeouts
+            # The waiter may be inside a long poll for up to wait_s more: it writes nothing
+            # that matters (the server releases a wait whose connection closes), so it is
+            # not waited for; it is a daemon thread and ends with the process.
+            waiter.join(0.5)
             self.close()
 
     # -- one cycle ---------------------------------------------------------------------------
