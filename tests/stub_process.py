@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -57,10 +58,11 @@ class StubProcess:
     process: subprocess.Popen[bytes]
     admin_credential: str
     clients: list[httpx.Client] = field(default_factory=list)
+    ca: Path | None = None  # set when serving HTTPS: the CA that signed its certificate
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def data(self) -> Path:
@@ -72,8 +74,14 @@ class StubProcess:
 
     @classmethod
     def start(
-        cls, root: Path, *, port: int | None = None, extra: tuple[str, ...] = ()
+        cls,
+        root: Path,
+        *,
+        port: int | None = None,
+        extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> StubProcess:
+        """Start it; ``tls`` (ca, cert, key) serves HTTPS with that certificate."""
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "keys").exists():
             subprocess.run(
@@ -93,6 +101,7 @@ class StubProcess:
                     str(root / "keys"),
                     "--listen",
                     f"127.0.0.1:{port}",
+                    *(("--tls-cert", str(tls[1]), "--tls-key", str(tls[2])) if tls else ()),
                     *extra,
                 ],
                 stdout=log,
@@ -101,7 +110,10 @@ class StubProcess:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                scheme = "https" if tls else "http"
+                verify: Any = ssl.create_default_context(cafile=str(tls[0])) if tls else True
+                url = f"{scheme}://127.0.0.1:{port}/healthz"
+                if httpx.get(url, timeout=1, verify=verify).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -110,11 +122,12 @@ class StubProcess:
                 raise RuntimeError(f"stub did not start: {(root / 'stub.log').read_text()[-2000:]}")
             time.sleep(0.05)
         credential = (root / "data" / "admin.credential").read_text().strip()
-        return cls(root, port, process, credential)
+        return cls(root, port, process, credential, ca=tls[0] if tls else None)
 
     def client(self, credential: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        verify: Any = ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=verify)
         self.clients.append(client)
         return client
 

@@ -35,9 +35,7 @@ def result(name: str, action: Action, detail: str = "") -> ObjectResult:
     return ObjectResult(ref(name), action, detail, READY)
 
 
-def summary(
-    *results: ObjectResult, revision: int = 7, mode: str = "enforce"
-) -> dict[str, Any]:
+def summary(*results: ObjectResult, revision: int = 7, mode: str = "enforce") -> dict[str, Any]:
     return summarize(
         CycleReport(tuple(results), Inventory()),
         revision=revision,
@@ -154,9 +152,7 @@ def test_a_new_revision_is_a_reconcile_event_even_when_idle() -> None:
     assert events[0][1]["revision"] == 7
 
 
-@pytest.mark.parametrize(
-    "action", [Action.CREATED, Action.HEALED, Action.PRUNED, Action.FAILED]
-)
+@pytest.mark.parametrize("action", [Action.CREATED, Action.HEALED, Action.PRUNED, Action.FAILED])
 def test_a_change_on_the_same_revision_is_a_reconcile_event(action: Action) -> None:
     previous = summary(result("a", Action.UNCHANGED))
     events = cycle_events(previous, summary(result("a", Action.UNCHANGED), result("b", action)))
@@ -177,9 +173,7 @@ def test_a_cycle_that_could_not_run_is_a_reconcile_event_with_its_error() -> Non
 
 def test_a_repeated_failure_is_reported_each_time() -> None:
     previous = failed_cycle("the cluster API is down")
-    assert types(cycle_events(previous, failed_cycle("the cluster API is down"))) == [
-        "reconcile"
-    ]
+    assert types(cycle_events(previous, failed_cycle("the cluster API is down"))) == ["reconcile"]
 
 
 def test_reconcile_texts_are_cut() -> None:
@@ -208,7 +202,11 @@ def test_audit_drift_on_the_same_revision_is_a_drift_event_only() -> None:
         "count": 2,
         "objects": [
             {"ref": "ConfigMap default/a", "action": "drifted", "detail": "data.key"},
-            {"ref": "ConfigMap default/old", "action": "would-prune", "detail": "no longer desired"},
+            {
+                "ref": "ConfigMap default/old",
+                "action": "would-prune",
+                "detail": "no longer desired",
+            },
         ],
     }
 
@@ -261,7 +259,9 @@ def _drifted_deployments(n: int) -> list[ObjectResult]:
         for c in range(5)
     )
     return [
-        ObjectResult(ObjectRef("apps", "Deployment", "production", f"web-{i:03d}"), Action.DRIFTED, paths)
+        ObjectResult(
+            ObjectRef("apps", "Deployment", "production", f"web-{i:03d}"), Action.DRIFTED, paths
+        )
         for i in range(n)
     ]
 

@@ -179,7 +179,9 @@ def test_to_json_without_a_rule_or_confirmation_has_nulls() -> None:
 
 
 def test_to_json_times_are_whole_seconds_in_utc() -> None:
-    confirmed = dt.datetime(2026, 11, 24, 13, 0, 0, 900_000, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    confirmed = dt.datetime(
+        2026, 11, 24, 13, 0, 0, 900_000, tzinfo=dt.timezone(dt.timedelta(hours=1))
+    )
     doc = assess(rule(300), confirmed_at=confirmed, now=confirmed + dt.timedelta(days=1)).to_json()
     assert doc["confirmed_at"] == "2026-11-24T12:00:00Z"
     assert doc["stale_since"] == "2026-11-24T12:05:00Z"

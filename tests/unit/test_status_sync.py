@@ -177,9 +177,7 @@ def test_a_recent_sync_keeps_an_old_bundle_fresh() -> None:
 
 
 def test_an_expired_root_outranks_staleness() -> None:
-    view = make_view(
-        settings=with_rule(300), confirmed_at=ago(86400), root_expires_at=ago(1)
-    )
+    view = make_view(settings=with_rule(300), confirmed_at=ago(86400), root_expires_at=ago(1))
     verdict, reason = assess(view, NOW)
     assert verdict is Verdict.FAILING
     assert "STALE" not in reason
