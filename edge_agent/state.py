@@ -176,7 +176,7 @@ def _k_action_seq(seq: int) -> str:
 class Source:
     """Where a policy came from."""
 
-    kind: str  # "bundle" (offline file); "sync" later
+    kind: str  # "bundle" (an offline file) or "sync" (downloaded from the management server)
     location: str  # file path, or server URL
     file_sha256: str
     received_at: dt.datetime
