@@ -10,13 +10,15 @@ becomes a ``reconcile`` event only when it changed something, failed, or enforce
 revision; a ``drift`` event only when it found drift; a ``health`` event only when the
 health document differs from the last one queued (the server keeps the newest). Every
 import (committed, already in force, rejected, failed) is an ``import`` event, and every
-action a single ``action-result``. Data stays far below the server's 16 KiB per event:
-lists are cut to ``MAX_LISTED`` entries and texts to ``MAX_TEXT`` characters.
+action a single ``action-result``. Data stays below the server's 16 KiB per event: texts are
+cut to ``MAX_TEXT`` characters and a drift list stops at ``MAX_LISTED`` objects or
+``MAX_LIST_BYTES`` of JSON, whichever comes first (``count`` always says how many drifted).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +26,7 @@ from edge_agent.status import assess, staleness_of
 
 MAX_LISTED = 50
 MAX_TEXT = 300
+MAX_LIST_BYTES = 8 * 1024
 _CHANGES = ("created", "healed", "pruned", "failed")
 
 
@@ -83,14 +86,23 @@ def cycle_events(
                     "revision": summary.get("revision"),
                     "mode": summary.get("mode"),
                     "count": len(drifted),
-                    "objects": [
-                        {"ref": o["ref"], "action": o["action"], "detail": _cut(o.get("detail"))}
-                        for o in drifted[:MAX_LISTED]
-                    ],
+                    "objects": _listed(drifted),
                 },
             )
         )
     return events
+
+
+def _listed(drifted: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = []
+    size = 0
+    for o in drifted[:MAX_LISTED]:
+        entry = {"ref": _cut(o["ref"]), "action": o["action"], "detail": _cut(o.get("detail"))}
+        size += len(json.dumps(entry, separators=(",", ":")).encode())
+        if size > MAX_LIST_BYTES:
+            break
+        listed.append(entry)
+    return listed
 
 
 def health_data(view: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class CycleScheduler:
         self._counters = threading.Lock()  # guards _failures and _completed
         self._failures = 0
         self._completed = 0
+        self._chosen_s = 0.0  # the newest delay a cycle chose itself (the clock guard allows it)
         self._in_cycle = False
         self._rerun_requested = False
         self._stopped = threading.Event()
@@ -144,7 +145,7 @@ class CycleScheduler:
         if job is None or job.next_run_time is None:
             return False
         now = self._now()
-        limit = max(self._interval_s + self._jitter_s, self._backoff.cap_s) + 1.0
+        limit = max(self._interval_s + self._jitter_s, self._backoff.cap_s, self._chosen_s) + 1.0
         if (job.next_run_time - now).total_seconds() <= limit:
             return False
         log.warning(
@@ -197,6 +198,7 @@ class CycleScheduler:
             result = self._cycle()
             if isinstance(result, int | float) and not isinstance(result, bool):
                 chosen = max(0.0, float(result))
+                self._chosen_s = chosen
         except Exception:  # a failing cycle must never take the agent down
             with self._counters:
                 self._failures += 1

@@ -638,6 +638,13 @@ class StateStore:
             self._outbox_save(meta, pages)
             return str(kind)
 
+    def outbox_count(self) -> int:
+        """How many events are queued (one read of the outbox's meta value)."""
+        meta = self._get(_K_OUTBOX)
+        if not isinstance(meta, dict):
+            return 0
+        return sum(int(u.get("count", 0)) for u in (meta.get("types") or {}).values())
+
     def outbox_stats(self) -> dict[str, Any]:
         """``{count, bytes, oldest_time, dropped: {type: n}, coalesced: {type: n}}``."""
         with self._write("reading the outbox"), self._cache.transact():

@@ -137,7 +137,8 @@ def connectivity(sync: Mapping[str, Any] | None, server: str | None) -> dict[str
         return {"state": "air-gapped", "server": None, "since": None}
     last_success = state.get("last_success_at")
     if state.get("server") not in (None, server):
-        last_success = None  # what we know is about another server
+        state = {}  # what we know (and the credential held) is for another server
+        last_success = None
     if last_success is None:
         link = "never-connected"
         since = None
@@ -154,7 +155,7 @@ def connectivity(sync: Mapping[str, Any] | None, server: str | None) -> dict[str
         "last_success_at": last_success,
         "last_attempt_at": state.get("last_attempt_at"),
         "last_error": state.get("last_error"),
-        "next_attempt_in_s": state.get("next_attempt_in_s"),
+        "next_attempt_at": state.get("next_attempt_at") if link != "online" else None,
         "clock_skew_s": state.get("clock_skew_s"),
     }
 

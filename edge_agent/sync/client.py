@@ -251,9 +251,10 @@ class SyncClient:
         with self._exchange("GET", path, headers=headers) as response:
             seq_text = response.headers.get("x-edge-actions", "")
             actions = int(seq_text) if seq_text.isascii() and seq_text.isdigit() else None
-            if response.status_code == 304:
-                return Unchanged(response.headers.get("etag") or etag or "", actions)
-            if response.status_code == 204:
+            if response.status_code in (204, 304):
+                _read_bounded(response, MAX_PROBLEM_BYTES, where)  # empty: keeps the connection
+                if response.status_code == 304:
+                    return Unchanged(response.headers.get("etag") or etag or "", actions)
                 return NoneAssigned(actions)
             if response.status_code != 200:
                 raise ServerError(
@@ -284,9 +285,14 @@ class SyncClient:
 
     def post_events(self, events: Sequence[Mapping[str, Any]]) -> EventsAccepted:
         """Deliver one batch (idempotent by event id on the server)."""
+        return self.post_encoded_events([json.dumps(e, separators=(",", ":")) for e in events])
+
+    def post_encoded_events(self, events: Sequence[str]) -> EventsAccepted:
+        """``post_events`` for events already encoded as JSON objects (the outbox keeps them
+        so): sent as they are, not decoded and encoded again."""
         if len(events) > MAX_EVENTS_PER_BATCH:
             raise ValueError(f"{len(events)} events in one batch; at most {MAX_EVENTS_PER_BATCH}")
-        body = json.dumps({"events": list(events)}, separators=(",", ":")).encode()
+        body = ('{"events":[' + ",".join(events) + "]}").encode()
         if len(body) > MAX_EVENTS_BODY_BYTES:
             raise ValueError(f"event batch is {len(body)} bytes; at most {MAX_EVENTS_BODY_BYTES}")
         path = "/v1/agent/events"
@@ -383,6 +389,7 @@ class SyncClient:
                     status=response.status_code,
                 )
             if response.status_code == 204:
+                _read_bounded(response, MAX_PROBLEM_BYTES, where)  # empty: keeps the connection
                 return None
             raw = _read_bounded(response, MAX_JSON_BYTES, where)
         try:

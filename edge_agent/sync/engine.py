@@ -29,8 +29,10 @@ force and the cluster as they are; only a verified newer revision changes them.
 
 Besides the periodic cycle (the policy's ``sync_interval_s``), a waiter thread holds one long
 poll (``GET /v1/agent/wait``) while the link is healthy, and runs a cycle as soon as the server
-says the desired state or the actions changed. While the link is failing the waiter sends
-nothing: the cycle's recovery probe finds out when the server is back.
+says the desired state or the actions changed; and events queued meanwhile (a reconcile, an
+import by USB, a health change) are delivered within ``FLUSH_GAP_S`` while the link is healthy
+(``flush``), not only at the next cycle. While the link is failing neither sends anything: the
+cycle's recovery probe finds out when the server is back.
 
 Clock skew: the engine measures the server's clock against ours from each answer's ``Date``
 (``clock_skew_s`` in the sync state and ``status``). Nothing depends on the two agreeing:
@@ -44,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import platform
 import random
@@ -90,6 +91,10 @@ DEFAULT_INTERVAL_S = 60.0
 WAKE_GAP_S = 2.0
 """At least this long between cycles the waiter starts: a change the cycle cannot settle
 (a bundle that keeps failing to commit) must not become a tight loop."""
+FLUSH_GAP_S = 5.0
+"""Events queued between cycles are delivered at most this long after the last delivery
+while the link is healthy: prompt enough for a staged rollout waiting on a health report,
+and a burst of events still goes out in one request."""
 MAX_TOKEN_BYTES = 4096
 
 
@@ -225,8 +230,19 @@ class SyncEngine:
         )
         scheduler.start()
         waiter.start()
+        last_flush = self._monotonic()
         try:
-            stop.wait()
+            while not stop.wait(1.0):
+                if not self._healthy.is_set() or self._monotonic() - last_flush < FLUSH_GAP_S:
+                    continue
+                try:
+                    queued = self._store.outbox_count()
+                except StateError as exc:
+                    log.warning("sync: cannot read the outbox: %s", exc)
+                    continue
+                if queued:
+                    last_flush = self._monotonic()
+                    self.flush()
         finally:
             self._healthy.set()  # let the waiter see the stop
             scheduler.shutdown()  # lets a running cycle finish: its requests have timeouts
@@ -270,7 +286,7 @@ class SyncEngine:
             self._succeeded(client, probing)
             actions = self._actions(client, newest_action)
             delivered = self._deliver(client)
-            self._rotate_if_due(client)
+            self._rotate_when_due(client)
         except SyncError as exc:
             return self._failed(exc)
         except StateError as exc:
@@ -288,6 +304,20 @@ class SyncEngine:
             delivered=delivered,
             actions=actions,
         )
+
+    def flush(self) -> int:
+        """Deliver the queued events now, between cycles, if the link is healthy; how many."""
+        with self._cycle_lock:
+            if not self._healthy.is_set():
+                return 0
+            try:
+                client = self._client_for_credential()
+                return 0 if client is None else self._deliver(client)
+            except SyncError as exc:
+                self._failed(exc)
+            except StateError as exc:
+                log.error("sync: the state store failed: %s", exc)
+            return 0
 
     # -- steps -------------------------------------------------------------------------------
     def _client_for_credential(self) -> SyncClient | None:
@@ -432,9 +462,8 @@ class SyncEngine:
     def _post(self, client: SyncClient, batch: Sequence[tuple[int, str]]) -> int:
         """Deliver ``batch`` and acknowledge it; a batch the server refuses (422, 413) is
         split in halves until the one refused event is found, removed and counted."""
-        events = [json.loads(text) for _, text in batch]
         try:
-            client.post_events(events)
+            client.post_encoded_events([text for _, text in batch])
         except Refused as exc:
             if exc.status not in (413, 422):
                 raise
@@ -452,6 +481,19 @@ class SyncEngine:
             return self._post(client, batch[:half]) + self._post(client, batch[half:])
         self._store.ack(seq for seq, _ in batch)
         return len(batch)
+
+    def _rotate_when_due(self, client: SyncClient) -> None:
+        """Rotation is housekeeping: its failure never fails the cycle; it is tried again a
+        day later (an old credential keeps working meanwhile)."""
+        retry_at = self._store.sync_state().get("rotation_retry_at")
+        if isinstance(retry_at, str) and format_time(self._clock.now()) < retry_at:
+            return
+        try:
+            self._rotate_if_due(client)
+        except SyncError as exc:
+            later = self._clock.now() + dt.timedelta(days=1)
+            self._store.update_sync_state({"rotation_retry_at": format_time(later)})
+            log.warning("sync: credential rotation failed (tried again in a day): %s", exc)
 
     def _rotate_if_due(self, client: SyncClient, *, force: bool = False) -> bool:
         held = self._store.sync_credential()
@@ -476,6 +518,7 @@ class SyncEngine:
         )
         client.use_credential(new.credential)
         self._client_credential = new.credential
+        self._store.update_sync_state({"rotation_retry_at": None})
         log.info("sync: credential rotated (now %s)", new.credential_id)
         return True
 

@@ -134,7 +134,10 @@ def test_missing_file_is_a_clear_rejection(site: Site) -> None:
         ),
         ("cluster_id: [unclosed\n", "not valid YAML at line"),
         ("- just\n- a list\n", "expected a mapping at the top level"),
-        ("cluster_id: a\ncluster_id: b\npaths: {initial_root: r.json}\n", "key 'cluster_id' is given twice"),
+        (
+            "cluster_id: a\ncluster_id: b\npaths: {initial_root: r.json}\n",
+            "key 'cluster_id' is given twice",
+        ),
     ],
 )
 def test_broken_config_is_one_line_exit_2(tmp_path: Path, config: str, message: str) -> None:

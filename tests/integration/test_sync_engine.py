@@ -576,6 +576,7 @@ def test_staleness_rule_audits_when_stale_and_is_reported_when_the_link_returns(
         assert audited["counts"]["drifted"] == 1 and "changed again" in first.read_text()
         proxy.pass_()
         site.ticker.advance(600)
+        site.clock.advance(seconds=5)
         assert engine.cycle().result == "synced"  # contact: authoritative again
         healed = site.enforce(store)
         assert (
@@ -583,7 +584,8 @@ def test_staleness_rule_audits_when_stale_and_is_reported_when_the_link_returns(
         )
         assert engine.cycle().result == "synced"
         engine.close()
-    health = [json.loads(e["data"]) for e in site.server_events() if e["type"] == "health"]
+    events = sorted(site.server_events(), key=lambda e: (e["time"], e["event_id"]))
+    health = [json.loads(e["data"]) for e in events if e["type"] == "health"]
     assert [h["stale"] for h in health if h["stale"]] and health[-1]["stale"] is False
 
 
@@ -596,8 +598,14 @@ def test_bytes_of_an_idle_cycle(sites: Sites, stub: StubProcess, proxy: FaultPro
         site.enforce(store)
         assert engine.cycle().result == "synced"
         before = proxy.bytes_up + proxy.bytes_down
+        connections = proxy.connections
         assert engine.cycle().delivered == 0
+        middle = proxy.bytes_up + proxy.bytes_down
+        for _ in range(3):
+            assert engine.cycle().delivered == 0
+        assert proxy.connections == connections  # the kept-alive connection serves them all
         engine.close()
     proxy.wait_idle()
-    idle = proxy.bytes_up + proxy.bytes_down - before
+    idle = middle - before
     assert 0 < idle <= 600, idle  # one conditional GET answered 304, nothing else
+    assert proxy.bytes_up + proxy.bytes_down - middle == 3 * idle

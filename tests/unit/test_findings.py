@@ -272,11 +272,6 @@ def test_a_drift_event_of_many_objects_with_short_details_fits_the_server_limit(
         assert len(_compact(data)) <= MAX_EVENT_DATA
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="findings.cycle_events: MAX_LISTED (50) drift entries with details cut at MAX_TEXT "
-    "(300) make drift data of ~18 KiB, over the server's 16 KiB per event (422, refused)",
-)
 def test_a_drift_event_stays_within_the_servers_event_size() -> None:
     events = cycle_events(None, summary(*_drifted_deployments(MAX_LISTED * 4), mode="audit"))
     drift = dict(events)["drift"]

@@ -169,13 +169,6 @@ def test_a_chosen_delay_within_the_guards_limit_is_not_taken_for_a_clock_jump(ma
         assert scheduler.next_run_at == START + dt.timedelta(seconds=300)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CycleScheduler.check_clock takes any next run further than "
-    "max(interval+jitter, backoff cap)+1 s for a backward clock jump, so a longer delay "
-    "the cycle chose (sync engine: sync_interval_s up to 86400, Retry-After) is cut short "
-    "by the guard thread",
-)
 def test_a_long_chosen_delay_is_not_taken_for_a_clock_jump(make) -> None:
     with freeze_time(START):
         # The sync engine's scheduler: 60 s interval, default backoff (cap 300 s); a policy
