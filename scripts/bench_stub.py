@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 from benchdoc import DOC, replace_section  # noqa: E402
+from benchproc import proc_cpu_s, self_cpu_s  # noqa: E402
 
 from tests.stub_process import StubProcess, profile_body  # noqa: E402
 
@@ -177,17 +178,6 @@ def proc_status(pid: int) -> dict[str, int]:
         if key.startswith("Vm"):
             out[key] = int(value.split()[0])
     return out
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def self_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class CpuMeter:

@@ -39,7 +39,6 @@ import platform
 import pstats
 import random
 import re
-import resource
 import shutil
 import sqlite3
 import sys
@@ -55,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchdoc import DOC, replace_section  # noqa: E402
+from benchproc import proc_cpu_s, self_cpu_s  # noqa: E402
 
 from edge_agent import findings  # noqa: E402
 from edge_agent.outbox import Event, new_event  # noqa: E402
@@ -179,17 +179,6 @@ def settle(proxy: FaultProxy, engine: SyncEngine) -> Wire:
     engine.close()
     proxy.wait_idle(timeout_s=10)
     return Wire.read(proxy)
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def self_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------------------------

@@ -182,3 +182,30 @@ def stub(tmp_path: Path) -> Iterator[Any]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def proxy(stub: Any) -> Iterator[Any]:
+    """A ``FaultProxy`` in front of the ``stub`` fixture in force (a module may override it)."""
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(stub.port) as opened:
+        yield opened
+
+
+@pytest.fixture
+def sync_sites(tmp_path: Path, stub: Any) -> Iterator[Callable[..., Any]]:
+    """Make agent sites wired to the ``stub`` (``tests.sync_site.make_sync_site``); any
+    process a site spawned is killed at the end."""
+    from tests.sync_site import SyncSite, make_sync_site
+
+    made: list[SyncSite] = []
+
+    def make(cluster_id: str, **kwargs: Any) -> SyncSite:
+        site = make_sync_site(tmp_path / cluster_id, stub, cluster_id, **kwargs)
+        made.append(site)
+        return site
+
+    yield make
+    for site in made:
+        site.stop_all()

@@ -51,12 +51,6 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
 
 
 @pytest.fixture
-def proxy(stub: StubProcess) -> Iterator[FaultProxy]:
-    with FaultProxy(stub.port) as opened:
-        yield opened
-
-
-@pytest.fixture
 def enrolled(stub: StubProcess) -> Iterator[Callable[..., tuple[SyncClient, str]]]:
     """Enroll a cluster through the client itself; its client (closed after the test) and
     its credential."""

@@ -28,7 +28,7 @@ from mgmt_stub.keys import KeyDirectory
 from tests.conftest import PROFILES
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess, profile_body
-from tests.sync_site import SyncSite, make_sync_site
+from tests.sync_site import SyncSite
 
 # httpcore's sync backend connects, then sets TCP_NODELAY; when the peer resets the connection
 # in between (the fault proxy does, on purpose) setsockopt raises and the connected socket is
@@ -50,27 +50,7 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
         process.stop()
 
 
-@pytest.fixture
-def proxy(stub: StubProcess) -> Iterator[FaultProxy]:
-    with FaultProxy(stub.port) as opened:
-        yield opened
-
-
 Sites = Callable[..., SyncSite]
-
-
-@pytest.fixture
-def sites(tmp_path: Path, stub: StubProcess) -> Iterator[Sites]:
-    made: list[SyncSite] = []
-
-    def make(cluster_id: str, **kwargs: Any) -> SyncSite:
-        site = make_sync_site(tmp_path / cluster_id, stub, cluster_id, **kwargs)
-        made.append(site)
-        return site
-
-    yield make
-    for site in made:
-        site.stop_all()
 
 
 def change_profile(stub: StubProcess, name: str, marker: str) -> None:
@@ -103,8 +83,8 @@ def canned(status: int, body: bytes = b"", headers: dict[str, str] | None = None
 # -- the normal path --------------------------------------------------------------------------
 
 
-def test_enrols_pulls_commits_enforces_and_delivers_every_event_once(sites: Sites) -> None:
-    site = sites("eng-basic")
+def test_enrols_pulls_commits_enforces_and_delivers_every_event_once(sync_sites: Sites) -> None:
+    site = sync_sites("eng-basic")
     site.assign("web")
     with site.open_store() as store:
         engine = site.engine(store)
@@ -134,9 +114,9 @@ def test_enrols_pulls_commits_enforces_and_delivers_every_event_once(sites: Site
 
 
 def test_no_token_means_no_request_and_a_foreign_credential_is_never_sent(
-    sites: Sites, proxy: FaultProxy
+    sync_sites: Sites, proxy: FaultProxy
 ) -> None:
-    site = sites("eng-notoken", server=proxy.url, token=False)
+    site = sync_sites("eng-notoken", server=proxy.url, token=False)
     with site.open_store() as store:
         engine = site.engine(store)
         assert engine.cycle().result == "not-enrolled"
@@ -156,9 +136,9 @@ def test_no_token_means_no_request_and_a_foreign_credential_is_never_sent(
 
 
 def test_offline_and_online_copies_of_a_revision_are_one_and_a_newer_one_wins(
-    sites: Sites, stub: StubProcess, tmp_path: Path
+    sync_sites: Sites, stub: StubProcess, tmp_path: Path
 ) -> None:
-    site = sites("eng-same")
+    site = sync_sites("eng-same")
     stub.admin.post(
         "/v1/admin/clusters", json={"cluster_id": "eng-same", "labels": {"region": "eu"}}
     ).raise_for_status()
@@ -204,9 +184,9 @@ def test_offline_and_online_copies_of_a_revision_are_one_and_a_newer_one_wins(
 
 
 def test_a_bundle_tampered_on_the_way_is_rejected_reported_and_the_policy_stays(
-    sites: Sites, stub: StubProcess, proxy: FaultProxy
+    sync_sites: Sites, stub: StubProcess, proxy: FaultProxy
 ) -> None:
-    site = sites("eng-tamper", server=proxy.url)
+    site = sync_sites("eng-tamper", server=proxy.url)
     site.assign("web", name="a-eng-tamper")
     with site.open_store() as store:
         engine = site.engine(store)
@@ -251,12 +231,12 @@ def test_a_bundle_tampered_on_the_way_is_rejected_reported_and_the_policy_stays(
 
 
 def test_a_server_without_the_signing_keys_cannot_change_the_policy(
-    sites: Sites, stub: StubProcess, tmp_path: Path
+    sync_sites: Sites, stub: StubProcess, tmp_path: Path
 ) -> None:
     rogue = StubProcess.start(tmp_path / "rogue")  # its own keys: a compromised server
     try:
         rogue.put_profile("web", PROFILES / "hello-web")
-        site = sites("eng-rogue")
+        site = sync_sites("eng-rogue")
         site.assign("web")
         with site.open_store() as store:
             assert site.engine(store).cycle().result == "synced"
@@ -305,9 +285,9 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_faults_no_crash_no_tight_loop_no_partial_state(
-    sites: Sites, stub: StubProcess, proxy: FaultProxy, fault: str
+    sync_sites: Sites, stub: StubProcess, proxy: FaultProxy, fault: str
 ) -> None:
-    site = sites(f"eng-fault-{fault}", server=proxy.url)
+    site = sync_sites(f"eng-fault-{fault}", server=proxy.url)
     site.assign("web", name=f"a-eng-fault-{fault}")
     with site.open_store() as store:
         engine = site.engine(store)
@@ -357,9 +337,9 @@ def test_faults_no_crash_no_tight_loop_no_partial_state(
 
 
 def test_link_state_never_changes_workloads(
-    sites: Sites, stub: StubProcess, proxy: FaultProxy
+    sync_sites: Sites, stub: StubProcess, proxy: FaultProxy
 ) -> None:
-    site = sites("eng-calm", server=proxy.url)
+    site = sync_sites("eng-calm", server=proxy.url)
     site.assign("web")
     with site.open_store() as store:
         engine = site.engine(store)
@@ -403,9 +383,9 @@ def test_link_state_never_changes_workloads(
 
 
 def test_an_event_the_server_refuses_is_bisected_out_counted_and_the_rest_delivered(
-    sites: Sites,
+    sync_sites: Sites,
 ) -> None:
-    site = sites("eng-poison")
+    site = sync_sites("eng-poison")
     with site.open_store() as store:
         engine = site.engine(store)
         assert engine.cycle().result == "synced"
@@ -432,8 +412,8 @@ def queue_action(stub: StubProcess, cluster_id: str, kind: str) -> None:
     ).raise_for_status()
 
 
-def test_actions_run_once_and_report_their_results(sites: Sites, stub: StubProcess) -> None:
-    site = sites("eng-actions")
+def test_actions_run_once_and_report_their_results(sync_sites: Sites, stub: StubProcess) -> None:
+    site = sync_sites("eng-actions")
     site.assign("web")
     with site.open_store() as store:
         engine = site.engine(store)
@@ -465,9 +445,9 @@ def revision_of(site: SyncSite) -> int | None:
 
 
 def test_an_action_cut_short_is_never_run_again_and_reported_failed(
-    sites: Sites, stub: StubProcess
+    sync_sites: Sites, stub: StubProcess
 ) -> None:
-    site = sites("eng-cut")
+    site = sync_sites("eng-cut")
     ran: list[str] = []
 
     def runner(action: Action) -> tuple[str, str, dict[str, Any]]:
@@ -496,9 +476,9 @@ def test_an_action_cut_short_is_never_run_again_and_reported_failed(
 
 
 def test_the_credential_is_rotated_when_old_and_never_expires_offline(
-    sites: Sites, stub: StubProcess
+    sync_sites: Sites, stub: StubProcess
 ) -> None:
-    site = sites("eng-rotate")
+    site = sync_sites("eng-rotate")
     with site.open_store() as store:
         engine = site.engine(store)
         assert engine.cycle().result == "synced"
@@ -520,8 +500,8 @@ def test_the_credential_is_rotated_when_old_and_never_expires_offline(
 
 
 @pytest.mark.parametrize("skew_h", [-3, 5])
-def test_clock_skew_between_agent_and_server(sites: Sites, skew_h: int) -> None:
-    site = sites(f"eng-skew{skew_h + 10}")
+def test_clock_skew_between_agent_and_server(sync_sites: Sites, skew_h: int) -> None:
+    site = sync_sites(f"eng-skew{skew_h + 10}")
     site.assign("web")
     site.clock.advance(hours=skew_h)
     with site.open_store() as store:
@@ -539,12 +519,12 @@ def test_clock_skew_between_agent_and_server(sites: Sites, skew_h: int) -> None:
 
 
 def test_staleness_rule_audits_when_stale_and_is_reported_when_the_link_returns(
-    sites: Sites, stub: StubProcess, proxy: FaultProxy
+    sync_sites: Sites, stub: StubProcess, proxy: FaultProxy
 ) -> None:
     body = profile_body(PROFILES / "hello-web")
     body["settings"] = {**body["settings"], "stale_after_s": 3600, "on_stale": "audit"}
     stub.admin.put("/v1/admin/profiles/stale-web", json=body).raise_for_status()
-    site = sites("eng-stale", server=proxy.url)
+    site = sync_sites("eng-stale", server=proxy.url)
     site.assign("stale-web")
     with site.open_store() as store:
         engine = site.engine(store)
@@ -589,8 +569,8 @@ def test_staleness_rule_audits_when_stale_and_is_reported_when_the_link_returns(
     assert [h["stale"] for h in health if h["stale"]] and health[-1]["stale"] is False
 
 
-def test_bytes_of_an_idle_cycle(sites: Sites, stub: StubProcess, proxy: FaultProxy) -> None:
-    site = sites("eng-idle", server=proxy.url)
+def test_bytes_of_an_idle_cycle(sync_sites: Sites, stub: StubProcess, proxy: FaultProxy) -> None:
+    site = sync_sites("eng-idle", server=proxy.url)
     site.assign("web")
     with site.open_store() as store:
         engine = site.engine(store)

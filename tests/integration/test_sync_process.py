@@ -25,7 +25,7 @@ from edge_agent.outbox import Event
 from tests.conftest import PROFILES, wait_for
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess
-from tests.sync_site import SyncSite, make_sync_site, server_events
+from tests.sync_site import SyncSite, server_events
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,26 +47,6 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
         process.stop()
 
 
-@pytest.fixture
-def proxy(stub: StubProcess) -> Iterator[FaultProxy]:
-    with FaultProxy(stub.port) as opened:
-        yield opened
-
-
-@pytest.fixture
-def site_of(tmp_path: Path, stub: StubProcess) -> Iterator[Callable[..., SyncSite]]:
-    made: list[SyncSite] = []
-
-    def make(cluster_id: str, **kwargs: Any) -> SyncSite:
-        site = make_sync_site(tmp_path / cluster_id, stub, cluster_id, **kwargs)
-        made.append(site)
-        return site
-
-    yield make
-    for site in made:
-        site.stop_all()
-
-
 def status(site: SyncSite) -> dict[str, Any]:
     result = site.run("status", "--json")
     assert result.returncode in (0, 1, 2, 3), result.stderr
@@ -84,9 +64,9 @@ def in_force(site: SyncSite) -> int | None:
 
 
 def test_an_outage_changes_nothing_and_afterwards_everything_arrives_once(
-    site_of: Callable[..., SyncSite], stub: StubProcess, proxy: FaultProxy
+    sync_sites: Callable[..., SyncSite], stub: StubProcess, proxy: FaultProxy
 ) -> None:
-    site = site_of("proc-outage", server=proxy.url)
+    site = sync_sites("proc-outage", server=proxy.url)
     site.assign("web", name="a-proc-outage")
     site.spawn("sync")
     site.spawn("enforce")
@@ -139,9 +119,9 @@ def test_an_outage_changes_nothing_and_afterwards_everything_arrives_once(
 
 
 def test_a_change_reaches_a_waiting_agent_within_seconds(
-    site_of: Callable[..., SyncSite], stub: StubProcess
+    sync_sites: Callable[..., SyncSite], stub: StubProcess
 ) -> None:
-    site = site_of("proc-wait", extra_sync="retry_base_s: 0.5, retry_max_s: 2, wait_s: 30")
+    site = sync_sites("proc-wait", extra_sync="retry_base_s: 0.5, retry_max_s: 2, wait_s: 30")
     site.assign("web", name="a-proc-wait")
     site.spawn("sync")
     first = site.desired_on_server()
@@ -178,9 +158,9 @@ def test_a_change_reaches_a_waiting_agent_within_seconds(
 
 
 def test_sigterm_stops_the_sync_process_promptly(
-    site_of: Callable[..., SyncSite], stub: StubProcess
+    sync_sites: Callable[..., SyncSite], stub: StubProcess
 ) -> None:
-    site = site_of("proc-term", extra_sync="retry_base_s: 0.5, retry_max_s: 2, wait_s: 60")
+    site = sync_sites("proc-term", extra_sync="retry_base_s: 0.5, retry_max_s: 2, wait_s: 60")
     process = site.spawn("sync")
     wait_for(lambda: status(site)["connectivity"]["state"] == "online", 20)
     wait_for(lambda: stub.admin.get("/v1/admin/stats").json()["waiting_agents"] >= 1, 10)
@@ -191,9 +171,9 @@ def test_sigterm_stops_the_sync_process_promptly(
 
 
 def test_kill_9_during_a_delivery_loses_no_event_and_doubles_none(
-    site_of: Callable[..., SyncSite], stub: StubProcess, proxy: FaultProxy
+    sync_sites: Callable[..., SyncSite], stub: StubProcess, proxy: FaultProxy
 ) -> None:
-    site = site_of("proc-kill-batch", server=proxy.url)
+    site = sync_sites("proc-kill-batch", server=proxy.url)
     assert site.run("sync", "--once").returncode == 0
     with site.open_store() as store:
         events = [
@@ -224,9 +204,9 @@ def test_kill_9_during_a_delivery_loses_no_event_and_doubles_none(
 
 
 def test_kill_9_during_an_action_never_runs_it_twice(
-    site_of: Callable[..., SyncSite], stub: StubProcess
+    sync_sites: Callable[..., SyncSite], stub: StubProcess
 ) -> None:
-    site = site_of("proc-kill-action")
+    site = sync_sites("proc-kill-action")
     assert site.run("sync", "--once").returncode == 0
     stub.admin.post(
         "/v1/admin/actions",
