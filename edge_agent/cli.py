@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # A line per HTTP request or scheduler run is noise in the journal: our own modules
+        # log one line per outcome. -v shows them.
+        for chatty in ("httpx", "httpcore", "apscheduler"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     clock = SystemClock()
     as_json = getattr(args, "json", False)
     try:
