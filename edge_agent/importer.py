@@ -109,7 +109,7 @@ def verify_and_commit(
     """
     now = clock.now()
     trust = store.trust()
-    context = _context(trust, config)
+    context = rejection_context(trust, config)
     try:
         with store.staging() as staging:
             bundle = verify_bundle(
@@ -220,7 +220,7 @@ def import_dropped_file(
         seen = store.seen_file(sha) if sha is not None else None
         if seen is not None and (
             seen.get("result") in ("committed", "already-in-force")
-            or seen.get("context") == _context(store.trust(), config)
+            or seen.get("context") == rejection_context(store.trust(), config)
         ):
             log.debug("bundle %s already handled (%s)", path, seen.get("result"))
             return True
@@ -232,8 +232,11 @@ def import_dropped_file(
     return True
 
 
-def _context(trust: TrustState, config: AgentConfig) -> str:
-    """What a rejection depended on besides the file: the trust root and who this agent is."""
+def rejection_context(trust: TrustState, config: AgentConfig) -> str:
+    """What a rejection depended on besides the file: the trust root and who this agent is.
+
+    The same bytes rejected under the same context are rejected again; after a root rotation
+    or a change of identity they may pass, so they are worth verifying again."""
     labels = ",".join(f"{k}={v}" for k, v in sorted(config.labels.items()))
     return f"root-v{trust.root.root.version}/{config.cluster_id}/{labels}"
 

@@ -2,9 +2,10 @@
 
 A policy may carry a staleness rule (``settings.stale_after_s`` and ``settings.on_stale``,
 docs/bundle-format.md §7): how long it stays authoritative without the management plane
-confirming it, and what the agent does after. The policy is *confirmed* by any successful
-exchange with the management server (a 304 says "still this one") and by any verified bundle
-(committed, or already in force, whichever way it came). Without the rule it is authoritative
+confirming it, and what the agent does after. The policy is *confirmed* by the server saying
+"still the bundle you verified" (a 304 for its ETag; a 204, an error or a bundle the agent
+rejected confirm nothing) and by any verified bundle (committed, or already in force,
+whichever way it came). Without the rule it is authoritative
 forever: the right default for an air-gapped site, whose only news is a USB stick.
 
 Stale, the agent either keeps enforcing and says so (``report``) or stops changing the

@@ -5,8 +5,8 @@ Layout of ``state_dir`` (created 0755; everything private below it is 0700/0600)
     store/          diskcache (SQLite, WAL) — the store of record, private to the agent
     artifacts/      verified artifact blobs, named by SHA-256, private
     staging/        one private folder per import in progress; removed on success or failure
-    downloads/      bundles being downloaded by the sync engine (``desired-*``), private;
-                    emptied whenever the sync engine starts
+    downloads/      bundles being downloaded by the sync engine (``desired-<pid>-*``),
+                    private; a dead process's leftovers are removed when an engine starts
     status.json     a world-readable snapshot for ``edge-agent status`` run by other users
 
 diskcache is configured as a store of record, not a cache (its defaults are wrong here):
@@ -468,14 +468,16 @@ class StateStore:
         return list(self._get(_K_ROOTS) or [])
 
     def downloads_folder(self) -> Path:
-        """The private folder the sync engine downloads bundles into, emptied of anything a
-        killed download left behind. Call once when the engine starts."""
+        """The private folder the sync engine downloads bundles into, rid of what a killed
+        download left behind (never a running process's). Call once when the engine starts."""
         folder = self.state_dir / "downloads"
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
             os.chmod(folder, 0o700)
             for leftover in folder.glob("desired-*"):
-                leftover.unlink(missing_ok=True)
+                pid = leftover.name.split("-")[1]
+                if not pid.isdigit() or not _process_alive(int(pid)):
+                    leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise StateWriteError(f"downloads folder {folder}: {exc.strerror or exc}") from None
         return folder

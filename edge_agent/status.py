@@ -69,7 +69,7 @@ def staleness_of(view: Mapping[str, Any], now: dt.datetime) -> Staleness | None:
     policy = view.get("policy")
     if not policy:
         return None
-    times = [view.get("policy_confirmed_at"), (view.get("sync") or {}).get("last_success_at")]
+    times = [view.get("policy_confirmed_at"), (view.get("sync") or {}).get("last_confirmed_at")]
     confirmed = max((parse_time(t) for t in times if t), default=None)
     if confirmed is None:
         confirmed = parse_time(policy["source"]["received_at"])
@@ -249,6 +249,9 @@ def _sync_lines(doc: Mapping[str, Any]) -> list[str]:
     lost = sum((outbox.get("dropped") or {}).values())
     if lost:
         backlog += f", {lost} dropped when full"
+    refused = sum((outbox.get("refused") or {}).values())
+    if refused:
+        backlog += f", {refused} refused by the server"
     state = link.get("state")
     if state in (None, "air-gapped"):
         return [f"management  none configured (air-gapped); {backlog}"]

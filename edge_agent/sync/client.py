@@ -254,7 +254,8 @@ class SyncClient:
             if response.status_code in (204, 304):
                 _read_bounded(response, MAX_PROBLEM_BYTES, where)  # empty: keeps the connection
                 if response.status_code == 304:
-                    return Unchanged(response.headers.get("etag") or etag or "", actions)
+                    sent = response.headers.get("etag", "")
+                    return Unchanged(sent if _SHA256_ETAG.match(sent) else etag or "", actions)
                 return NoneAssigned(actions)
             if response.status_code != 200:
                 raise ServerError(
@@ -298,9 +299,17 @@ class SyncClient:
         path = "/v1/agent/events"
         answer = self._json("POST", path, content=body, expect=(200,))
         where = self._where("POST", path)
-        return EventsAccepted(
+        result = EventsAccepted(
             _count(answer, "accepted", where), _count(answer, "duplicates", where)
         )
+        if result.accepted + result.duplicates != len(events):
+            # Acknowledging on such an answer could lose events: keep them, send them again.
+            raise ServerError(
+                f"{where}: the answer counts {result.accepted + result.duplicates} events "
+                f"of {len(events)} sent",
+                status=200,
+            )
+        return result
 
     def actions(self) -> list[Action]:
         """Actions pending for this cluster, oldest first."""
@@ -321,7 +330,7 @@ class SyncClient:
                 )
                 for item in items
             ]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ServerError(
                 f"{where}: an action in the answer is malformed", status=200
             ) from None
@@ -394,7 +403,7 @@ class SyncClient:
             raw = _read_bounded(response, MAX_JSON_BYTES, where)
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ServerError(
                 f"{where}: the answer is not JSON", status=response.status_code
             ) from None
@@ -460,6 +469,12 @@ class SyncClient:
                 raise Unreachable(
                     f"{where}: connection failed ({type(exc).__name__}: {scrub(_reason(exc))})"
                 ) from None
+            except (ValueError, OverflowError, RecursionError) as exc:
+                # A header or body no parser can take (a 5,000-digit number, a year 10**9):
+                # a server answering outside the protocol, never a crash.
+                raise ServerError(
+                    f"{where}: the answer is malformed ({type(exc).__name__})", status=0
+                ) from None
         except SyncError as exc:
             log.debug("%s failed after %.3f s: %s", where, time.monotonic() - started, exc)
             raise
@@ -470,7 +485,9 @@ class SyncClient:
     ) -> tuple[Path, int, str]:
         """Stream the body to ``folder/desired-*.part``; renamed to ``.bundle`` when whole."""
         try:
-            fd, name = tempfile.mkstemp(prefix="desired-", suffix=".part", dir=folder)
+            fd, name = tempfile.mkstemp(
+                prefix=f"desired-{os.getpid()}-", suffix=".part", dir=folder
+            )
         except OSError as exc:
             raise StateWriteError(
                 f"{where}: cannot write to {folder}: {exc.strerror or exc}"

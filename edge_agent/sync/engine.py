@@ -17,7 +17,7 @@ One cycle (``SyncEngine.cycle``), in order, each step a request or none:
 5. **outbox**: queued events are delivered oldest first in batches and acknowledged only
    after the server's answer (at least once; the server deduplicates by id: exactly once in
    effect). An event the server refuses alone (422) is removed and counted, never retried
-   forever nor dropped silently.
+   forever nor dropped silently; but a server refusing every request keeps every event.
 6. **credential rotation** once the credential is ``ROTATE_AFTER`` old (or on the
    ``rotate-credential`` action): the new credential is stored before it is first used, and
    the server keeps the old one valid until then, so a lost answer never locks the agent out.
@@ -44,7 +44,6 @@ but never later than its own time.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import platform
@@ -52,15 +51,15 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, format_time
 from edge_agent.config import AgentConfig, SyncConfig
-from edge_agent.errors import BundleError, EdgeAgentError, StateError
-from edge_agent.importer import BundleInput, verify_and_commit
+from edge_agent.errors import BundleError, BundleErrorCode, EdgeAgentError, StateError
+from edge_agent.importer import BundleInput, rejection_context, verify_and_commit
 from edge_agent.outbox import Event
 from edge_agent.state import INTERRUPTED, StateStore
 from edge_agent.status import assess
@@ -68,12 +67,11 @@ from edge_agent.sync.client import (
     MAX_EVENTS_BODY_BYTES,
     Action,
     Bundle,
-    Changed,
     NoneAssigned,
     SyncClient,
     Unchanged,
 )
-from edge_agent.sync.errors import Refused, RetryLater, SyncError
+from edge_agent.sync.errors import Refused, RetryLater, ServerError, SyncError
 from edge_agent.sync.retry import Link, RetryPolicy, Verdict, on_failure, on_success, permit
 from edge_agent.telemetry import note_health, stamp
 
@@ -95,7 +93,18 @@ FLUSH_GAP_S = 5.0
 """Events queued between cycles are delivered at most this long after the last delivery
 while the link is healthy: prompt enough for a staged rollout waiting on a health report,
 and a burst of events still goes out in one request."""
+POISON_LIMIT = 3
+"""Events refused alone, with none accepted, that make a delivery stop and keep everything:
+a server that refuses every request must not empty the outbox one event at a time."""
 MAX_TOKEN_BYTES = 4096
+_TIME_CODES = frozenset(
+    c.value
+    for c in (
+        BundleErrorCode.NOT_YET_VALID,
+        BundleErrorCode.BUNDLE_EXPIRED,
+        BundleErrorCode.ROOT_EXPIRED,
+    )
+)
 
 
 class ActionRunner(Protocol):
@@ -145,6 +154,14 @@ def check_token(text: str, source: str) -> str:
     if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
         raise ValueError(f"{source} does not hold one token (one line, no spaces)")
     return token
+
+
+@dataclass
+class _Sorting:
+    """One batch's delivery: how many events the server took, which it refused alone."""
+
+    accepted: int = 0
+    refused: list[tuple[int, Refused]] = field(default_factory=list)
 
 
 class SyncEngine:
@@ -295,6 +312,9 @@ class SyncEngine:
             return Outcome(
                 "state-error", str(exc), self._policy.backoff.delay_s(1, self._rng.random())
             )
+        except Exception as exc:  # a bug: still a failed attempt on the backoff, never a stuck link
+            log.exception("sync: the cycle failed unexpectedly")
+            return self._failed(ServerError(f"internal error: {type(exc).__name__}", status=0))
         self._succeeded(client, probing=False)
         return Outcome(
             "synced",
@@ -320,8 +340,8 @@ class SyncEngine:
             return 0
 
     # -- steps -------------------------------------------------------------------------------
-    def _client_for_credential(self) -> SyncClient | None:
-        """A client carrying the credential held for this server and cluster id, or None."""
+    def _held_secret(self) -> str | None:
+        """The credential held for this server and cluster id (never another's), or None."""
         held = self._store.sync_credential()
         if (
             held is None
@@ -330,7 +350,13 @@ class SyncEngine:
             or not isinstance(held.get("credential"), str)
         ):
             return None
-        secret = str(held["credential"])
+        return str(held["credential"])
+
+    def _client_for_credential(self) -> SyncClient | None:
+        """A client carrying the credential held for this server and cluster id, or None."""
+        secret = self._held_secret()
+        if secret is None:
+            return None
         if self._client is None:
             self._client = SyncClient.from_config(self._sync, credential=secret, clock=self._clock)
         if self._client_credential != secret:
@@ -367,6 +393,14 @@ class SyncEngine:
         """Fetch the desired state; verify and commit a new one. The revision in force and
         the server's newest action sequence (None: unknown)."""
         state = self._store.sync_state()
+        rejected = state.get("rejected")
+        if isinstance(rejected, dict) and rejected.get("context") != self._rejection_context(
+            str(rejected.get("code"))
+        ):
+            # Rejected under other circumstances (trust root, identity, the site clock): the
+            # same bytes may pass now. Fetch and verify them again.
+            self._store.update_sync_state({"etag": None, "rejected": None})
+            state = self._store.sync_state()
         etag = None if self._force_pull else state.get("etag")
         answer = client.desired(
             etag, folder=self._downloads, max_bytes=self._config.limits.max_bundle_bytes
@@ -376,12 +410,17 @@ class SyncEngine:
         if isinstance(answer, Unchanged | NoneAssigned):
             if isinstance(answer, NoneAssigned) and state.get("etag"):
                 log.info("sync: nothing is assigned to this cluster now; the policy in force stays")
-            self._store.update_sync_state(
-                {
-                    "etag": answer.etag if isinstance(answer, Unchanged) else None,
-                    "assigned": isinstance(answer, Unchanged),
-                }
-            )
+            changes: dict[str, Any] = {
+                "etag": answer.etag if isinstance(answer, Unchanged) else None,
+                "assigned": isinstance(answer, Unchanged),
+            }
+            if isinstance(answer, Unchanged) and not state.get("rejected"):
+                # "Still the bundle you verified": the policy in force is confirmed. A 204, or
+                # a 304 for a bundle this agent rejected, confirms nothing (staleness goes on).
+                changes["last_confirmed_at"] = format_time(self._clock.now())
+            if isinstance(answer, NoneAssigned):
+                changes["rejected"] = None
+            self._store.update_sync_state(changes)
         else:
             self._import(answer)
         policy = self._store.current_policy()
@@ -405,6 +444,19 @@ class SyncEngine:
             if exc.retryable:
                 return  # a read error: fetch it again next time
             log.warning("sync: revision %d from the server rejected: %s", bundle.revision, exc)
+            # Kept, so the same bytes are not downloaded again while they would be rejected
+            # again; the context says when that may no longer hold.
+            self._store.update_sync_state(
+                {
+                    "etag": bundle.etag,
+                    "assigned": True,
+                    "rejected": {
+                        "code": exc.code.value,
+                        "context": self._rejection_context(exc.code.value),
+                    },
+                }
+            )
+            return
         except StateError as exc:
             if exc.transient:
                 return  # disk full, a concurrent import: fetch and verify it again next time
@@ -414,7 +466,23 @@ class SyncEngine:
             return
         finally:
             bundle.path.unlink(missing_ok=True)
-        self._store.update_sync_state({"etag": bundle.etag, "assigned": True})
+        self._store.update_sync_state(
+            {
+                "etag": bundle.etag,
+                "assigned": True,
+                "rejected": None,
+                "last_confirmed_at": format_time(self._clock.now()),
+            }
+        )
+
+    def _rejection_context(self, code: str) -> str:
+        """What a rejection with ``code`` depended on besides the bytes: the trust root and
+        identity always; for a verdict on time, also the site's hour (tried hourly again,
+        so a clock put right by NTP lets the bundle in)."""
+        context = rejection_context(self._store.trust(), self._config)
+        if code in _TIME_CODES:
+            context += "/" + self._clock.now().strftime("%Y-%m-%dT%H")
+        return context
 
     def _actions(self, client: SyncClient, newest_on_server: int | None) -> int:
         newest = int(self._store.sync_state().get("actions_seq") or 0)
@@ -423,6 +491,8 @@ class SyncEngine:
         self._recheck = False
         pending = client.actions()
         ran = 0
+        if newest_on_server is not None:
+            newest = max(newest, newest_on_server)  # done before (re-enrolled): not pending
         for action in pending:
             newest = max(newest, action.seq)
             if self._stop.is_set():
@@ -454,33 +524,41 @@ class SyncEngine:
             batch = self._store.outbox_batch(BATCH_MAX_EVENTS, BATCH_MAX_BYTES)
             if not batch:
                 break
-            delivered += self._post(client, batch)
+            run = _Sorting()
+            self._post(client, batch, run)
+            for seq, exc in run.refused:
+                kind = self._store.refuse(seq)
+                log.error("sync: the server refuses a %s event; removed, counted: %s", kind, exc)
+            delivered += run.accepted
         if delivered:
             log.info("sync: delivered %d events", delivered)
+            self._store.write_snapshot()
         return delivered
 
-    def _post(self, client: SyncClient, batch: Sequence[tuple[int, str]]) -> int:
-        """Deliver ``batch`` and acknowledge it; a batch the server refuses (422, 413) is
-        split in halves until the one refused event is found, removed and counted."""
+    def _post(self, client: SyncClient, batch: Sequence[tuple[int, str]], run: _Sorting) -> None:
+        """Deliver ``batch`` and acknowledge what the server took.
+
+        A batch the server refuses (422, 413) is split in halves until each refused event
+        stands alone (poison: removed and counted by the caller). But when ``POISON_LIMIT``
+        events were refused alone and none was accepted, it is the requests the server (or
+        a proxy before it) refuses, not these events: the ``Refused`` is raised and nothing
+        is removed; the link backs off."""
         try:
             client.post_encoded_events([text for _, text in batch])
         except Refused as exc:
             if exc.status not in (413, 422):
                 raise
             if len(batch) == 1:
-                kind = self._store.refuse(batch[0][0])
-                log.error("sync: the server refuses a %s event; removed and counted: %s", kind, exc)
-                return 0
+                run.refused.append((batch[0][0], exc))
+                if run.accepted == 0 and len(run.refused) >= POISON_LIMIT:
+                    raise
+                return
             half = len(batch) // 2
-            return self._post(client, batch[:half]) + self._post(client, batch[half:])
-        except ValueError:  # larger than one request may be: cannot happen with our bounds
-            if len(batch) == 1:
-                self._store.refuse(batch[0][0])
-                return 0
-            half = len(batch) // 2
-            return self._post(client, batch[:half]) + self._post(client, batch[half:])
+            self._post(client, batch[:half], run)
+            self._post(client, batch[half:], run)
+            return
         self._store.ack(seq for seq, _ in batch)
-        return len(batch)
+        run.accepted += len(batch)
 
     def _rotate_when_due(self, client: SyncClient) -> None:
         """Rotation is housekeeping: its failure never fails the cycle; it is tried again a
@@ -536,9 +614,12 @@ class SyncEngine:
             "failures": None,
             "credential_id": (self._store.sync_credential() or {}).get("credential_id"),
         }
-        if state.get("offline_since") or not state.get("online_since"):
+        flipped = bool(state.get("offline_since") or not state.get("online_since"))
+        if flipped:
             changes["online_since"] = now
         self._store.update_sync_state(changes)
+        if flipped:
+            self._store.write_snapshot()  # status.json readers see the link come back
         if recovered or probing:
             log.info(
                 "sync: link to %s restored after %d failed attempts", self._sync.server, recovered
@@ -562,16 +643,21 @@ class SyncEngine:
         self._healthy.clear()
         wait_s = max(0.0, link.not_before_s - now_s)
         now = self._clock.now()
-        state = self._store.sync_state()
-        changes: dict[str, Any] = {
-            "last_error": str(exc),
-            "failures": link.failures,
-            "next_attempt_at": format_time(now + dt.timedelta(seconds=wait_s)),
-        }
-        if state.get("last_success_at") and not state.get("offline_since"):
-            changes["offline_since"] = format_time(now)
-        with contextlib.suppress(StateError):
+        try:
+            state = self._store.sync_state()
+            changes: dict[str, Any] = {
+                "last_error": str(exc),
+                "failures": link.failures,
+                "next_attempt_at": format_time(now + dt.timedelta(seconds=wait_s)),
+            }
+            flipped = bool(state.get("last_success_at") and not state.get("offline_since"))
+            if flipped:
+                changes["offline_since"] = format_time(now)
             self._store.update_sync_state(changes)
+            if flipped:
+                self._store.write_snapshot()  # status.json readers see the link go down
+        except StateError as state_exc:
+            log.warning("sync: link state not recorded: %s", state_exc)
         level = logging.WARNING if link.failures <= 1 or permanent else logging.INFO
         log.log(level, "sync: %s; next attempt in %.0f s", exc, wait_s)
         result = "refused" if permanent else "unreachable"
@@ -611,15 +697,16 @@ class SyncEngine:
         waiter: SyncClient | None = None
         secret: str | None = None
         last_wake = -WAKE_GAP_S
-        try:
-            while not stop.is_set():
+        # A wait answered much sooner than asked (a proxy that does not hold requests, a
+        # server without long poll) must not be asked again at once: at least this long
+        # between waits that brought nothing.
+        min_idle_gap_s = max(1.0, min(self._sync.wait_s / 2, 15.0))
+        while not stop.is_set():
+            try:
                 if not self._healthy.wait(1.0) or stop.is_set():
                     continue  # failing link: the cycle's probe finds out when it is back
-                held = self._store.sync_credential() or {}
-                current = (
-                    held.get("credential") if held.get("server") == self._sync.server else None
-                )
-                if not isinstance(current, str):
+                current = self._held_secret()
+                if current is None:
                     stop.wait(1.0)
                     continue
                 if waiter is None:
@@ -630,14 +717,30 @@ class SyncEngine:
                     waiter.use_credential(current)
                     secret = current
                 state = self._store.sync_state()
+                started = self._monotonic()
                 try:
                     changed = waiter.wait(state.get("etag"), int(state.get("actions_seq") or 0))
+                except RetryLater as exc:  # too many waits held: only the waiter pauses
+                    stop.wait(exc.retry_after_s or 30.0)
+                    continue
+                except Refused as exc:
+                    # A server without long poll (404), or a 401 in the moment after a
+                    # rotation: polling still works, so the link is not failing; pause the
+                    # waiter only, and read the credential again.
+                    log.info("sync: long poll refused (%s); polling only for a while", exc)
+                    stop.wait(self._policy.refused_wait_s / 12)
+                    continue
                 except SyncError as exc:
                     if not stop.is_set():
                         self.note_failure(exc)
                         trigger()  # the cycle reschedules itself on the link's backoff
                     continue
-                if isinstance(changed, Changed) and not stop.is_set():
+                if changed is None:
+                    early = min_idle_gap_s - (self._monotonic() - started)
+                    if early > 0:
+                        stop.wait(early)
+                    continue
+                if not stop.is_set():
                     gap = self._monotonic() - last_wake
                     if gap < WAKE_GAP_S:
                         stop.wait(WAKE_GAP_S - gap)
@@ -649,11 +752,11 @@ class SyncEngine:
                         self.cycles == done and not stop.is_set() and self._monotonic() < deadline
                     ):
                         stop.wait(0.05)
-        except StateError as exc:
-            log.error("sync: the waiter stopped: %s", exc)
-        finally:
-            if waiter is not None:
-                waiter.close()
+            except Exception:  # the waiter is an optimisation: it must never die, nor spin
+                log.exception("sync: the long-poll waiter failed; trying again in a minute")
+                stop.wait(60.0)
+        if waiter is not None:
+            waiter.close()
 
     # -- actions -----------------------------------------------------------------------------
     def _result_event(

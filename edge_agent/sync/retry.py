@@ -122,7 +122,7 @@ def parse_http_date(value: str | None) -> dt.datetime | None:
         return None
     try:
         when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     # "-0000" is RFC 5322's unknown zone; HTTP-dates are always GMT.
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)

@@ -201,12 +201,6 @@ LOCKING: dict[str, dict[bytes, Answer]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine.py:_cycle: a non-SyncError (OverflowError from a Date header, ValueError "
-    "from a 5000-digit X-Edge-Actions) escapes the recovery probe, probe_in_flight stays True "
-    "and every later cycle answers 'waiting': sync is dead until the process restarts",
-)
 @pytest.mark.parametrize("answer", sorted(LOCKING))
 def test_a_hostile_answer_to_the_recovery_probe_never_locks_the_link(
     sites: Sites, proxy: FaultProxy, answer: str
@@ -248,12 +242,6 @@ RAISING: dict[str, dict[bytes, Answer]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG client.py:_exchange/_json/actions + retry.py:parse_http_date: only httpx errors "
-    "and ValueError become SyncError; OverflowError, RecursionError and int()'s digit limit "
-    "escape the cycle (sync --once exits 70; the waiter thread dies on the same answers)",
-)
 @pytest.mark.parametrize("answer", sorted(RAISING))
 def test_a_hostile_answer_is_a_failed_request_not_an_exception(
     sites: Sites, proxy: FaultProxy, answer: str
@@ -272,12 +260,6 @@ def test_a_hostile_answer_is_a_failed_request_not_an_exception(
 # -- the outbox against a server that refuses everything ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine.py:_post: a server (or a proxy/WAF) answering 422/413 to every events "
-    "POST makes the bisection remove and count every queued event, 2n-1 requests in one "
-    "cycle: the whole backlog is destroyed by one broken server",
-)
 def test_a_server_refusing_every_event_does_not_empty_the_outbox(
     sites: Sites, proxy: FaultProxy
 ) -> None:
@@ -309,11 +291,6 @@ def real_time_engine(site: SyncSite, store: StateStore) -> SyncEngine:
     return SyncEngine(site.config, store, site.clock)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine.py:_wait_loop: a long poll answered 204 at once (a proxy or server that "
-    "does not hold it) is asked again at once: a tight request loop, hundreds per second",
-)
 def test_a_long_poll_answered_at_once_is_not_a_tight_loop(sites: Sites, proxy: FaultProxy) -> None:
     site = sites("adv-wait-204", server=proxy.url)
     fake = FakeServerAtLink({b"GET /v1/agent/wait": canned(204)})
@@ -350,12 +327,6 @@ def test_endless_change_notices_are_paced(sites: Sites, proxy: FaultProxy) -> No
     assert ran <= 3, f"{ran} cycles in 2.5 s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine.py:_wait_loop/note_failure: any 4xx on /v1/agent/wait (a server without "
-    "long poll, a credential rotated under the waiter) is a link-wide Refused: status says "
-    "OFFLINE and the cycles stop for refused_wait_s (an hour by default) though polling works",
-)
 def test_a_server_without_the_long_poll_stays_online_by_polling(
     sites: Sites, proxy: FaultProxy
 ) -> None:
@@ -371,13 +342,6 @@ def test_a_server_without_the_long_poll_stays_online_by_polling(
     assert link["state"] == "online", link
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine.py:_actions: actions_seq advances only to the newest *pending* action, "
-    "not to X-Edge-Actions; after a re-enrolment (actions_seq reset) of a cluster whose "
-    "actions are all done, every long poll is answered at once and the agent cycles every "
-    "WAKE_GAP_S (2 s) forever, fetching the empty action list each time",
-)
 def test_after_re_enrolment_the_long_poll_is_held_again(sites: Sites, stub: StubProcess) -> None:
     site = sites("adv-reenrol")
     site.assign("web")
@@ -404,12 +368,6 @@ def test_after_re_enrolment_the_long_poll_is_held_again(sites: Sites, stub: Stub
 # -- rejections that depend on the site, not on the bytes --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine.py:_import: the ETag of a rejected bundle is kept whatever the reason; a "
-    "bundle rejected 'not-yet-valid' by a site clock days behind is never fetched again once "
-    "NTP fixes the clock (304 forever; the 304 even 'confirms' the old policy for staleness)",
-)
 def test_a_bundle_rejected_for_the_site_clock_is_fetched_again_once_the_clock_is_right(
     sites: Sites, stub: StubProcess
 ) -> None:
@@ -448,12 +406,6 @@ def test_server_text_in_errors_is_bounded_and_one_line(sites: Sites, proxy: Faul
         assert text.isprintable(), repr(text[-60:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RISK state.py: the world-readable status.json is written only on commits, imports "
-    "and reconcile cycles, never when the link state changes: a monitoring user sees 'online' "
-    "while the site is offline until the next reconcile cycle (forever with sync alone)",
-)
 def test_the_status_snapshot_follows_the_link_state(sites: Sites, proxy: FaultProxy) -> None:
     site = sites("adv-snapshot", server=proxy.url)
     site.assign("web")

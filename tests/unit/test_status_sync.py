@@ -101,7 +101,7 @@ def test_confirmation_is_the_newer_of_the_bundle_and_the_last_sync() -> None:
     sync_newer = make_view(
         settings=with_rule(3600),
         confirmed_at=ago(7200),
-        sync={"server": SERVER, "last_success_at": ago(60)},
+        sync={"server": SERVER, "last_confirmed_at": ago(60)},
     )
     staleness = staleness_of(sync_newer, NOW)
     assert staleness is not None
@@ -111,7 +111,7 @@ def test_confirmation_is_the_newer_of_the_bundle_and_the_last_sync() -> None:
     bundle_newer = make_view(
         settings=with_rule(3600),
         confirmed_at=ago(60),
-        sync={"server": SERVER, "last_success_at": ago(7200)},
+        sync={"server": SERVER, "last_confirmed_at": ago(7200)},
     )
     staleness = staleness_of(bundle_newer, NOW)
     assert staleness is not None
@@ -171,7 +171,7 @@ def test_a_recent_sync_keeps_an_old_bundle_fresh() -> None:
     view = make_view(
         settings=with_rule(3600),
         confirmed_at=ago(86400 * 30),
-        sync={"server": SERVER, "last_success_at": ago(10)},
+        sync={"server": SERVER, "last_confirmed_at": ago(10)},
     )
     assert assess(view, NOW)[0] is Verdict.HEALTHY
 
@@ -414,3 +414,15 @@ def test_render_shows_the_staleness_line_only_with_a_rule() -> None:
 
     no_rule = render(full_report(make_view(), None))
     assert not any(line.startswith("staleness") for line in no_rule.splitlines())
+
+
+def test_contact_that_confirms_nothing_does_not_keep_a_policy_fresh() -> None:
+    # The server answered (a 204, an error, a bundle the agent rejected): contact, but no
+    # confirmation. A server without the signing keys cannot keep a site from going stale.
+    view = make_view(
+        settings=with_rule(3600),
+        confirmed_at=ago(7200),
+        sync={"server": SERVER, "last_success_at": ago(10)},
+    )
+    staleness = staleness_of(view, NOW)
+    assert staleness is not None and staleness.stale is True
