@@ -29,50 +29,21 @@ from edge_agent.state import StateStore
 from edge_agent.status import connectivity, report
 from edge_agent.sync.client import Action, SyncClient
 from edge_agent.sync.engine import Outcome, SyncEngine
-from tests.conftest import PROFILES, wait_for
+from tests.conftest import wait_for
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess
-from tests.sync_site import SyncSite, make_sync_site
+from tests.sync_site import IGNORE_HTTPCORE_SOCKET, SyncSite, profiled_stub
 
-# See tests/integration/test_sync_engine.py: httpcore leaves a socket to the garbage collector
-# when a connection is reset between connect() and setsockopt(TCP_NODELAY).
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = IGNORE_HTTPCORE_SOCKET
 
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
-    process = StubProcess.start(tmp_path_factory.mktemp("stub-adversarial"))
-    try:
-        process.put_profile("web", PROFILES / "hello-web")
-        process.put_profile("base", PROFILES / "baseline")
+    with profiled_stub(tmp_path_factory.mktemp("stub-adversarial")) as process:
         yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def proxy(stub: StubProcess) -> Iterator[FaultProxy]:
-    with FaultProxy(stub.port) as opened:
-        yield opened
 
 
 Sites = Callable[..., SyncSite]
-
-
-@pytest.fixture
-def sites(tmp_path: Path, stub: StubProcess) -> Iterator[Sites]:
-    made: list[SyncSite] = []
-
-    def make(cluster_id: str, **kwargs: Any) -> SyncSite:
-        site = make_sync_site(tmp_path / cluster_id, stub, cluster_id, **kwargs)
-        made.append(site)
-        return site
-
-    yield make
-    for site in made:
-        site.stop_all()
 
 
 # -- the fake server at the link -------------------------------------------------------------
@@ -203,9 +174,9 @@ LOCKING: dict[str, dict[bytes, Answer]] = {
 
 @pytest.mark.parametrize("answer", sorted(LOCKING))
 def test_a_hostile_answer_to_the_recovery_probe_never_locks_the_link(
-    sites: Sites, proxy: FaultProxy, answer: str
+    sync_sites: Sites, proxy: FaultProxy, answer: str
 ) -> None:
-    site = sites(cluster("adv-lock", answer), server=proxy.url)
+    site = sync_sites(cluster("adv-lock", answer), server=proxy.url)
     with site.open_store() as store:
         engine = synced_engine(site, store)
         proxy.down()
@@ -244,9 +215,9 @@ RAISING: dict[str, dict[bytes, Answer]] = {
 
 @pytest.mark.parametrize("answer", sorted(RAISING))
 def test_a_hostile_answer_is_a_failed_request_not_an_exception(
-    sites: Sites, proxy: FaultProxy, answer: str
+    sync_sites: Sites, proxy: FaultProxy, answer: str
 ) -> None:
-    site = sites(cluster("adv-raise", answer), server=proxy.url)
+    site = sync_sites(cluster("adv-raise", answer), server=proxy.url)
     with site.open_store() as store:
         engine = synced_engine(site, store)
         store.enqueue(notes(1, f"raise-{answer}"))
@@ -261,9 +232,9 @@ def test_a_hostile_answer_is_a_failed_request_not_an_exception(
 
 
 def test_a_server_refusing_every_event_does_not_empty_the_outbox(
-    sites: Sites, proxy: FaultProxy
+    sync_sites: Sites, proxy: FaultProxy
 ) -> None:
-    site = sites("adv-refuse-all", server=proxy.url)
+    site = sync_sites("adv-refuse-all", server=proxy.url)
     with site.open_store() as store:
         engine = synced_engine(site, store)
         engine.cycle()  # deliver what enrolment queued
@@ -291,8 +262,10 @@ def real_time_engine(site: SyncSite, store: StateStore) -> SyncEngine:
     return SyncEngine(site.config, store, site.clock)
 
 
-def test_a_long_poll_answered_at_once_is_not_a_tight_loop(sites: Sites, proxy: FaultProxy) -> None:
-    site = sites("adv-wait-204", server=proxy.url)
+def test_a_long_poll_answered_at_once_is_not_a_tight_loop(
+    sync_sites: Sites, proxy: FaultProxy
+) -> None:
+    site = sync_sites("adv-wait-204", server=proxy.url)
     fake = FakeServerAtLink({b"GET /v1/agent/wait": canned(204)})
     proxy.answer(fake)
     with site.open_store() as store:
@@ -305,10 +278,10 @@ def test_a_long_poll_answered_at_once_is_not_a_tight_loop(sites: Sites, proxy: F
     assert waits <= 3, f"{waits} long polls in one second"
 
 
-def test_endless_change_notices_are_paced(sites: Sites, proxy: FaultProxy) -> None:
+def test_endless_change_notices_are_paced(sync_sites: Sites, proxy: FaultProxy) -> None:
     """A server answering every long poll at once with 'changed' gets at most one cycle per
     WAKE_GAP_S (2 s), never a loop."""
-    site = sites("adv-wait-changed", server=proxy.url)
+    site = sync_sites("adv-wait-changed", server=proxy.url)
     fake = FakeServerAtLink(
         {b"GET /v1/agent/wait": canned(200, b'{"changed":true,"etag":null,"actions":0}')}
     )
@@ -328,9 +301,9 @@ def test_endless_change_notices_are_paced(sites: Sites, proxy: FaultProxy) -> No
 
 
 def test_a_server_without_the_long_poll_stays_online_by_polling(
-    sites: Sites, proxy: FaultProxy
+    sync_sites: Sites, proxy: FaultProxy
 ) -> None:
-    site = sites("adv-wait-404", server=proxy.url)
+    site = sync_sites("adv-wait-404", server=proxy.url)
     fake = FakeServerAtLink({b"GET /v1/agent/wait": problem(404, "no such route")})
     proxy.answer(fake)
     with site.open_store() as store:
@@ -342,8 +315,10 @@ def test_a_server_without_the_long_poll_stays_online_by_polling(
     assert link["state"] == "online", link
 
 
-def test_after_re_enrolment_the_long_poll_is_held_again(sites: Sites, stub: StubProcess) -> None:
-    site = sites("adv-reenrol")
+def test_after_re_enrolment_the_long_poll_is_held_again(
+    sync_sites: Sites, stub: StubProcess
+) -> None:
+    site = sync_sites("adv-reenrol")
     site.assign("web")
     with site.open_store() as store:
         engine = synced_engine(site, store)
@@ -369,9 +344,9 @@ def test_after_re_enrolment_the_long_poll_is_held_again(sites: Sites, stub: Stub
 
 
 def test_a_bundle_rejected_for_the_site_clock_is_fetched_again_once_the_clock_is_right(
-    sites: Sites, stub: StubProcess
+    sync_sites: Sites, stub: StubProcess
 ) -> None:
-    site = sites("adv-clock-behind")
+    site = sync_sites("adv-clock-behind")
     site.clock.advance(days=-3)  # an RTC three days behind: plausible, but wrong
     site.assign("web")
     with site.open_store() as store:
@@ -389,10 +364,12 @@ def test_a_bundle_rejected_for_the_site_clock_is_fetched_again_once_the_clock_is
 # -- what a server says is shown, bounded and on one line --------------------------------------
 
 
-def test_server_text_in_errors_is_bounded_and_one_line(sites: Sites, proxy: FaultProxy) -> None:
+def test_server_text_in_errors_is_bounded_and_one_line(
+    sync_sites: Sites, proxy: FaultProxy
+) -> None:
     """A problem detail of 60 KB with a newline and a terminal escape: what reaches the
     error, last_error (status) and the journal is one bounded, printable line."""
-    site = sites("adv-server-text", server=proxy.url)
+    site = sync_sites("adv-server-text", server=proxy.url)
     hostile = "A" * 60_000 + "\nCRITICAL edge_agent: forged line\x1b[2J"
     with site.open_store() as store:
         engine = synced_engine(site, store)
@@ -406,8 +383,8 @@ def test_server_text_in_errors_is_bounded_and_one_line(sites: Sites, proxy: Faul
         assert text.isprintable(), repr(text[-60:])
 
 
-def test_the_status_snapshot_follows_the_link_state(sites: Sites, proxy: FaultProxy) -> None:
-    site = sites("adv-snapshot", server=proxy.url)
+def test_the_status_snapshot_follows_the_link_state(sync_sites: Sites, proxy: FaultProxy) -> None:
+    site = sync_sites("adv-snapshot", server=proxy.url)
     site.assign("web")
     with site.open_store() as store:
         engine = synced_engine(site, store)
@@ -436,14 +413,14 @@ def year_ahead() -> str:
 
 @pytest.mark.parametrize("retry_after", ["a-year-in-seconds", "a-year-as-a-date", "20-digits"])
 def test_a_retry_after_of_a_year_is_capped_and_the_link_comes_back(
-    sites: Sites, proxy: FaultProxy, retry_after: str
+    sync_sites: Sites, proxy: FaultProxy, retry_after: str
 ) -> None:
     value = {
         "a-year-in-seconds": "31536000",
         "a-year-as-a-date": year_ahead(),
         "20-digits": "9" * 20,
     }[retry_after]
-    site = sites(cluster("adv-retry", retry_after), server=proxy.url)
+    site = sync_sites(cluster("adv-retry", retry_after), server=proxy.url)
     with site.open_store() as store:
         engine = synced_engine(site, store)
         attach(proxy, {b"": canned(429, b"", {"Retry-After": value})})
@@ -475,9 +452,9 @@ HUGE: dict[str, dict[bytes, Answer]] = {
 
 @pytest.mark.parametrize("answer", sorted(HUGE))
 def test_huge_answers_are_cut_off_and_are_a_failed_request(
-    sites: Sites, proxy: FaultProxy, answer: str
+    sync_sites: Sites, proxy: FaultProxy, answer: str
 ) -> None:
-    site = sites(cluster("adv-huge", answer), server=proxy.url)
+    site = sync_sites(cluster("adv-huge", answer), server=proxy.url)
     with site.open_store() as store:
         engine = synced_engine(site, store)
         attach(proxy, HUGE[answer])
@@ -489,9 +466,9 @@ def test_huge_answers_are_cut_off_and_are_a_failed_request(
 
 
 def test_a_replayed_old_bundle_with_a_lying_revision_header_changes_nothing(
-    sites: Sites, stub: StubProcess, proxy: FaultProxy
+    sync_sites: Sites, stub: StubProcess, proxy: FaultProxy
 ) -> None:
-    site = sites("adv-replay", server=proxy.url)
+    site = sync_sites("adv-replay", server=proxy.url)
     site.assign("web", name="a-adv-replay")
     with site.open_store() as store:
         engine = synced_engine(site, store)
@@ -550,10 +527,10 @@ def echo_authorization(status: int) -> Callable[[bytes], bytes]:
 
 @pytest.mark.parametrize("where", ["enroll-401", "desired-401", "desired-429", "desired-500"])
 def test_a_server_echoing_the_secret_never_gets_it_into_errors_state_or_logs(
-    sites: Sites, proxy: FaultProxy, caplog: pytest.LogCaptureFixture, where: str
+    sync_sites: Sites, proxy: FaultProxy, caplog: pytest.LogCaptureFixture, where: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="edge_agent")  # the agent's own lines, all of them
-    site = sites(cluster("adv-echo", where), server=proxy.url)
+    site = sync_sites(cluster("adv-echo", where), server=proxy.url)
     token = (site.root / "enroll.token").read_text().strip()
     status = int(where.split("-")[1])
     with site.open_store() as store:
@@ -578,11 +555,11 @@ def test_a_server_echoing_the_secret_never_gets_it_into_errors_state_or_logs(
 
 
 def test_two_engines_offered_the_same_actions_run_each_once(
-    sites: Sites, stub: StubProcess
+    sync_sites: Sites, stub: StubProcess
 ) -> None:
     """``sync --once`` started while the daemon runs: both fetch the same pending actions at
     the same moment, each action still runs exactly once."""
-    site = sites("adv-two-engines")
+    site = sync_sites("adv-two-engines")
     ran: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -621,8 +598,10 @@ def test_two_engines_offered_the_same_actions_run_each_once(
     assert sorted(e["outcome"] for e in journal) == ["succeeded"] * 4
 
 
-def test_an_action_listed_twice_by_the_server_runs_once(sites: Sites, proxy: FaultProxy) -> None:
-    site = sites("adv-dup-action", server=proxy.url)
+def test_an_action_listed_twice_by_the_server_runs_once(
+    sync_sites: Sites, proxy: FaultProxy
+) -> None:
+    site = sync_sites("adv-dup-action", server=proxy.url)
     ran: list[str] = []
 
     def runner(action: Action) -> tuple[str, str, dict[str, Any]]:

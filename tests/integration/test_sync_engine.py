@@ -28,26 +28,15 @@ from mgmt_stub.keys import KeyDirectory
 from tests.conftest import PROFILES
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess, profile_body
-from tests.sync_site import SyncSite
+from tests.sync_site import IGNORE_HTTPCORE_SOCKET, SyncSite, profiled_stub
 
-# httpcore's sync backend connects, then sets TCP_NODELAY; when the peer resets the connection
-# in between (the fault proxy does, on purpose) setsockopt raises and the connected socket is
-# left for the garbage collector, which closes it with a ResourceWarning (the same bug as
-# python/cpython#157174 in http.client). Not our socket to close; only this warning is ignored.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = IGNORE_HTTPCORE_SOCKET
 
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
-    process = StubProcess.start(tmp_path_factory.mktemp("stub-engine"))
-    try:
-        process.put_profile("web", PROFILES / "hello-web")
-        process.put_profile("base", PROFILES / "baseline")
+    with profiled_stub(tmp_path_factory.mktemp("stub-engine")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 Sites = Callable[..., SyncSite]

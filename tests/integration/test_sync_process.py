@@ -22,29 +22,20 @@ from typing import Any
 import pytest
 
 from edge_agent.outbox import Event
-from tests.conftest import PROFILES, wait_for
+from tests.conftest import wait_for
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess
-from tests.sync_site import SyncSite, server_events
+from tests.sync_site import IGNORE_HTTPCORE_SOCKET, SyncSite, profiled_stub, server_events
 
 REPO = Path(__file__).resolve().parents[2]
 
-# See tests/integration/test_sync_engine.py: httpcore leaves a socket to the garbage collector
-# when a connection is reset between connect() and setsockopt(TCP_NODELAY).
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = IGNORE_HTTPCORE_SOCKET
 
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
-    process = StubProcess.start(tmp_path_factory.mktemp("stub-process"))
-    try:
-        process.put_profile("web", PROFILES / "hello-web")
-        process.put_profile("base", PROFILES / "baseline")
+    with profiled_stub(tmp_path_factory.mktemp("stub-process")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def status(site: SyncSite) -> dict[str, Any]:
