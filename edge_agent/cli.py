@@ -304,7 +304,7 @@ def _sync(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) -> in
 
     if config.sync is None:
         raise ConfigError("sync: the config has no sync section (this site is air-gapped)")
-    with _open_store(config, clock) as store:
+    with _open_store(config, clock) as store, store.sole("sync"):
         engine = SyncEngine(config, store, clock)
         try:
             if once:

@@ -929,6 +929,30 @@ class StateStore:
                     blob.unlink()
 
     @contextlib.contextmanager
+    def sole(self, role: str) -> Iterator[None]:
+        """Hold ``store/<role>.lock`` exclusively for the block, or raise StateError at once
+        when another process holds it (one sync engine per store: two would both run an
+        action they each saw begun by the other as interrupted). Released by the kernel when
+        the process dies, so a kill -9 never leaves it stale."""
+        path = self.state_dir / "store" / f"{role}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateWriteError(
+                f"state store {self.state_dir}: {role} lock: {exc.strerror}"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateError(
+                    f"state store {self.state_dir}: another {role} process is running"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
     def _commit_lock(self) -> Iterator[None]:
         try:
             fd = os.open(self.state_dir / "store" / "commit.lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -233,3 +233,15 @@ def test_kill_9_during_an_action_never_runs_it_twice(
         if e["type"] == "action-result"
     ]
     assert [r["detail"].split(":")[0] for r in results] == ["interrupted"]
+
+
+def test_one_sync_process_per_store(sync_sites: Callable[..., SyncSite], stub: StubProcess) -> None:
+    site = sync_sites("proc-sole")
+    daemon = site.spawn("sync")
+    wait_for(lambda: status(site)["connectivity"]["state"] == "online", 20)
+    second = site.run("sync", "--once")
+    assert second.returncode == 4 and "another sync process is running" in second.stderr
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    third = site.run("sync", "--once")  # the kernel released the lock with the process
+    assert third.returncode == 0, third.stderr
