@@ -245,3 +245,47 @@ def test_one_sync_process_per_store(sync_sites: Callable[..., SyncSite], stub: S
     daemon.wait()
     third = site.run("sync", "--once")  # the kernel released the lock with the process
     assert third.returncode == 0, third.stderr
+
+
+def canned(status: int, headers: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n{headers}\r\n".encode()
+    )
+
+
+def test_the_sync_process_rides_out_500s_429s_and_cut_bodies_without_a_tight_loop(
+    sync_sites: Callable[..., SyncSite], stub: StubProcess, proxy: FaultProxy
+) -> None:
+    site = sync_sites("proc-http-faults", server=proxy.url)
+    site.assign("web", name="a-proc-http-faults")
+    process = site.spawn("sync")
+    first = site.desired_on_server()
+    wait_for(lambda: in_force(site) == first, 30)
+
+    def attempts_during(seconds: float) -> int:
+        before = proxy.connections
+        time.sleep(seconds)
+        return proxy.connections - before
+
+    proxy.answer(lambda head: canned(500))
+    proxy.cut()
+    stub.admin.put(  # a change the agent can only learn of once the link is back
+        "/v1/admin/assignments/a-proc-http-faults",
+        json={"profile": "base", "selector": {"cluster_id": "proc-http-faults"}},
+    ).raise_for_status()
+    second = site.desired_on_server()
+    errors = attempts_during(4.0)
+    # Backoff capped at 2 s with a 0.5 s floor, the waiter standing down: a few attempts.
+    assert 1 <= errors <= 4.0 / 0.5 + 3, errors
+    proxy.answer(lambda head: canned(429, "Retry-After: 4\r\n"))
+    time.sleep(2.5)  # the next attempt meets the 429 within the 2 s backoff
+    quiet = attempts_during(2.0)
+    assert quiet <= 1, quiet  # Retry-After: 4 s of silence, not the 2 s backoff
+    proxy.truncate_after(3000)  # the new bundle cut mid-body, again and again
+    time.sleep(3)
+    assert in_force(site) == first  # nothing half-downloaded is ever used
+    assert list(site.config.state_dir.joinpath("downloads").iterdir()) == []
+    assert process.poll() is None  # no crash
+    proxy.pass_()
+    wait_for(lambda: in_force(site) == second, 30)
+    assert status(site)["connectivity"]["state"] == "online"
