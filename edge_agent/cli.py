@@ -7,6 +7,7 @@ Exit codes (docs/cli.md is the reference):
     enroll                      0 enrolled, 1 refused by the server, 2 usage or configuration
                                 error (also: already enrolled without --force), 4 state store
                                 error, 5 the server did not answer
+    run                         0 stopped, 2 configuration error, 4 state store error
     sync                        0 ran (or stopped), 1 refused by the server (--once), 2 usage or
                                 configuration error (also: no sync section), 4 state store
                                 error, 5 the server did not answer (--once)
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO
-        if args.command == "watch"
+        if args.command in ("watch", "run")
         or (args.command in ("enforce", "sync") and not args.once)
         or args.verbose
         else logging.CRITICAL,
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _enroll(config, clock, args)
         if args.command == "sync":
             return _sync(config, clock, once=args.once, as_json=args.json)
+        if args.command == "run":
+            return _run(Path(args.config), clock)
         return _watch(config, clock)
     except ConfigError as exc:
         _fail(str(exc), as_json=as_json, result="config-error")
@@ -129,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     enforce = commands.add_parser("enforce", help="keep the target on the policy in force")
     enforce.add_argument("--once", action="store_true", help="run one reconcile cycle and exit")
     enforce.add_argument("--json", action="store_true", help="with --once: the cycle as JSON")
+    commands.add_parser(
+        "run",
+        help="the daemon: enforce, sync and watch drop folders in one process (systemd notify)",
+    )
     sync = commands.add_parser(
         "sync", help="keep in step with the management server (sync section of the config)"
     )
@@ -297,6 +304,12 @@ def _enforce(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) ->
         log.info("enforcing onto %s", target.name)
         enforcer.run(stop)
     return EXIT_OK
+
+
+def _run(config_path: Path, clock: Clock) -> int:
+    from edge_agent.daemon import Daemon
+
+    return Daemon(config_path, clock, lambda config: _open_store(config, clock)).run()
 
 
 def _sync(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) -> int:

@@ -1,0 +1,90 @@
+"""systemd's notification protocol (sd_notify), without libsystemd.
+
+``Notifier.from_environment()`` reads ``NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract
+namespace) and, when systemd asked for a watchdog, ``WATCHDOG_USEC`` and ``WATCHDOG_PID``.
+Each ``send`` is one datagram of ``KEY=VALUE`` lines (``READY=1``, ``STATUS=...``,
+``WATCHDOG=1``, ``RELOADING=1``, ``STOPPING=1``). Without ``NOTIFY_SOCKET`` (not started by
+systemd, or ``Type=simple``) every call does nothing, so the daemon runs the same either way.
+
+The watchdog is armed only for this process: when ``WATCHDOG_PID`` names another process the
+interval is ignored (sd_watchdog_enabled does the same). A send that fails is logged once and
+never raised: the service must not die because its supervisor's socket went away.
+Not here: deciding when the daemon is healthy (``daemon`` does), socket activation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
+
+MAX_STATUS_CHARS = 200
+
+
+class Notifier:
+    def __init__(self, address: str | None, *, watchdog_usec: int | None = None) -> None:
+        self._address = address
+        self.watchdog_usec = watchdog_usec
+        self._warned = False
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> Notifier:
+        env = os.environ if env is None else env
+        address = env.get("NOTIFY_SOCKET") or None
+        if address is not None and not (address.startswith("/") or address.startswith("@")):
+            log.warning("NOTIFY_SOCKET %r is neither a path nor @abstract; not notifying", address)
+            address = None
+        usec_text = env.get("WATCHDOG_USEC", "")
+        pid_text = env.get("WATCHDOG_PID", "")
+        usec = int(usec_text) if usec_text.isdigit() and int(usec_text) > 0 else None
+        if pid_text and (not pid_text.isdigit() or int(pid_text) != os.getpid()):
+            usec = None  # the watchdog is another process's
+        return cls(address, watchdog_usec=usec)
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    @property
+    def watchdog_interval_s(self) -> float | None:
+        """How often to ping: half the watchdog timeout, as systemd recommends."""
+        return None if self.watchdog_usec is None else self.watchdog_usec / 2_000_000
+
+    def ready(self, status: str) -> None:
+        self.send(READY="1", STATUS=status)
+
+    def status(self, status: str) -> None:
+        self.send(STATUS=status)
+
+    def watchdog(self) -> None:
+        self.send(WATCHDOG="1")
+
+    def reloading(self) -> None:
+        self.send(RELOADING="1", STATUS="reloading the configuration")
+
+    def stopping(self) -> None:
+        self.send(STOPPING="1", STATUS="stopping")
+
+    def send(self, **fields: str) -> bool:
+        """One datagram; True if it was sent."""
+        if self._address is None:
+            return False
+        lines = []
+        for key, value in fields.items():
+            text = " ".join(value.split())  # one line: a newline would start another field
+            if key == "STATUS":
+                text = text[:MAX_STATUS_CHARS]
+            lines.append(f"{key}={text}")
+        address = "\0" + self._address[1:] if self._address.startswith("@") else self._address
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto("\n".join(lines).encode("utf-8"), address)
+        except OSError as exc:
+            if not self._warned:
+                log.warning("cannot notify systemd at %s: %s", self._address, exc.strerror or exc)
+                self._warned = True
+            return False
+        return True

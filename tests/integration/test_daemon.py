@@ -1,0 +1,148 @@
+"""``edge-agent run`` as a real process under a faithful notify socket.
+
+The test plays systemd's part: an AF_UNIX datagram socket in a temporary folder, named by
+``NOTIFY_SOCKET`` (with ``WATCHDOG_USEC``), collecting what the daemon says. The daemon runs
+the whole offline loop: a bundle dropped in a folder is imported and enforced into a
+manifest folder, a file changed behind its back is healed, and it stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mgmt_stub.keys import KeyDirectory
+from tests.conftest import BIN, BundleMaker, wait_for
+
+
+class FakeSystemd:
+    """The notification side of systemd: one datagram socket, messages kept in order."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                return self.messages
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append(fields)
+
+    def seen(self, key: str, value: str | None = None) -> int:
+        return sum(1 for m in self.drain() if key in m and (value is None or m[key] == value))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
+    fake = FakeSystemd(tmp_path)
+    yield fake
+    fake.close()
+
+
+def daemon_site(tmp_path: Path, keys: KeyDirectory) -> tuple[Path, Path, Path]:
+    """(config, drop folder, manifest folder) of a site with no management server."""
+    site = tmp_path / "site"
+    drop, manifests = tmp_path / "drop", tmp_path / "manifests"
+    for folder in (site, drop, manifests):
+        folder.mkdir()
+    shutil.copy(keys.path / "roots" / "1.json", site / "root.json")
+    config = site / "config.yaml"
+    config.write_text(
+        "cluster_id: site-1\n"
+        "labels: {region: eu, tier: edge}\n"
+        f"paths: {{state_dir: {site / 'state'}, initial_root: {site / 'root.json'}}}\n"
+        f"drop_folders: ['{drop}']\n"
+        f"target: {{kind: manifest-dir, folder: {manifests}}}\n",
+        encoding="utf-8",
+    )
+    return config, drop, manifests
+
+
+def start(config: Path, systemd: FakeSystemd, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"}
+    env.pop("WATCHDOG_PID", None)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(BIN / "edge-agent"), "--config", str(config), "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+def test_run_notifies_enforces_dropped_bundles_reloads_and_stops(
+    tmp_path: Path, keys: KeyDirectory, make_bundle: BundleMaker, systemd: FakeSystemd
+) -> None:
+    config, drop, manifests = daemon_site(tmp_path, keys)
+    process = start(config, systemd, tmp_path / "run.log")
+    try:
+        wait_for(lambda: systemd.seen("READY", "1") == 1, 20)
+        ready = next(m for m in systemd.messages if m.get("READY") == "1")
+        assert ready["STATUS"].startswith("NOT INITIALISED")
+        # Pings every half watchdog period while healthy.
+        before = systemd.seen("WATCHDOG", "1")
+        time.sleep(1.6)
+        assert systemd.seen("WATCHDOG", "1") - before >= 2
+
+        # The offline loop: a bundle dropped in the folder is imported, then enforced.
+        bundle = make_bundle(1)
+        shutil.copy(bundle, drop / "r1.bundle")
+        wait_for(lambda: len(list(manifests.glob("*.yaml"))) == 2, 30)
+        victim = sorted(manifests.glob("*.yaml"))[0]
+        original = victim.read_text()
+        victim.write_text(original + "\n# changed behind the agent's back\n")
+        wait_for(lambda: victim.read_text() == original, 20)
+
+        # SIGHUP: a broken config is refused and the running one stays...
+        good = config.read_text()
+        config.write_text(good + "unknown_key: 1\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: systemd.seen("RELOADING", "1") == 1, 10)
+        wait_for(lambda: systemd.seen("READY", "1") == 2, 10)
+        assert process.poll() is None
+        # ...and a good one is taken.
+        config.write_text(good)
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: systemd.seen("READY", "1") == 3, 20)
+        assert process.poll() is None
+
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        assert time.monotonic() - started < 12
+        assert systemd.seen("STOPPING", "1") == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = (tmp_path / "run.log").read_text()
+    assert "reload refused" in text and "unknown key" in text
+    assert "Traceback" not in text
+
+
+def test_a_broken_config_at_start_is_exit_2_and_never_ready(
+    tmp_path: Path, keys: KeyDirectory, systemd: FakeSystemd
+) -> None:
+    config, _, _ = daemon_site(tmp_path, keys)
+    config.write_text(config.read_text().replace("kind: manifest-dir", "kind: nonsense"))
+    process = start(config, systemd, tmp_path / "run.log")
+    assert process.wait(30) == 2
+    assert systemd.seen("READY") == 0
+    assert "target.kind" in (tmp_path / "run.log").read_text()
