@@ -30,6 +30,9 @@ Example (every key but ``cluster_id`` and ``paths.initial_root`` has a default):
       enroll_token_file: /etc/edge-agent/enroll.token   # bootstrap token for first start
       retry_base_s: 5                   # backoff after failures: full jitter up to base*2^n,
       retry_max_s: 300                  #   capped (a Retry-After from the server wins)
+    metrics:                            # optional; written/served by ``edge-agent run``
+      textfile: /var/lib/node_exporter/textfile_collector/edge_agent.prom
+      listen: 127.0.0.1:9479            # GET /metrics, loopback only
 
 Unknown keys are errors (a misspelt key must not silently fall back to a default). Every
 error is a ``ConfigError`` whose one-line message names the file, the key and the problem.
@@ -103,6 +106,14 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where ``edge-agent run`` publishes Prometheus metrics (``edge_agent.metrics``)."""
+
+    textfile: Path | None = None  # rewritten atomically every 10 s (node_exporter textfile)
+    listen: tuple[str, int] | None = None  # loopback host and port for GET /metrics
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     cluster_id: str
     labels: Mapping[str, str]
@@ -113,13 +124,24 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     target: TargetConfig = field(default_factory=TargetConfig)
     sync: SyncConfig | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def identity(self) -> Identity:
         return Identity(self.cluster_id, self.labels)
 
 
-_TOP_KEYS = {"cluster_id", "labels", "paths", "drop_folders", "limits", "target", "sync"}
+_TOP_KEYS = {
+    "cluster_id",
+    "labels",
+    "paths",
+    "drop_folders",
+    "limits",
+    "target",
+    "sync",
+    "metrics",
+}
+_METRICS_KEYS = {"textfile", "listen"}
 _SYNC_KEYS = {
     "server",
     "ca_bundle",
@@ -250,7 +272,9 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
 
     target = _target(_section(doc, "target", _TARGET_KEYS, where), where, base)
     sync = _sync(doc["sync"], where, base) if "sync" in doc else None
+    metrics = _metrics(_section(doc, "metrics", _METRICS_KEYS, where), where, base)
     return AgentConfig(
+        metrics=metrics,
         cluster_id=cluster_id,
         labels=dict(labels),
         state_dir=state_dir,
@@ -346,6 +370,23 @@ def _sync(doc: Any, where: str, base: Path) -> SyncConfig:
         if "enroll_token_file" in doc
         else None,
     )
+
+
+def _metrics(doc: Mapping[str, Any], where: str, base: Path) -> MetricsConfig:
+    textfile = (
+        _path(doc["textfile"], where, "metrics.textfile", base) if "textfile" in doc else None
+    )
+    listen = None
+    if "listen" in doc:
+        value = doc["listen"]
+        host, _, port = str(value).rpartition(":")
+        if host not in LOOPBACK_HOSTS or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"config {where}: metrics.listen must be a loopback HOST:PORT "
+                f"({', '.join(LOOPBACK_HOSTS)}), got {value!r}"
+            )
+        listen = (host, int(port))
+    return MetricsConfig(textfile=textfile, listen=listen)
 
 
 def _is_proxy_url(value: Any) -> bool:

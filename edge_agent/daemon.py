@@ -6,7 +6,10 @@ each on its own thread with one stop event:
 - the **enforcer** (reconcile cycles onto the configured target: ``enforcer.Enforcer``),
 - the **sync engine** when the config has a ``sync`` section (``sync.engine.SyncEngine``),
 - the **drop-folder watcher** when ``drop_folders`` is set (``watch.DropWatcher`` importing
-  through ``importer.import_dropped_file``).
+  through ``importer.import_dropped_file``),
+- the **metrics** (``metrics.render``): written to ``metrics.textfile`` every
+  ``STATUS_EVERY_S`` (atomically, for node_exporter's textfile collector) and served on
+  ``GET /metrics`` at ``metrics.listen`` (loopback only).
 
 Lifecycle (uvicorn's habits): ``READY=1`` once everything started; ``STATUS=`` with the
 one-line verdict, refreshed every ``STATUS_EVERY_S``; ``WATCHDOG=1`` from the main loop while
@@ -30,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,6 +41,8 @@ from typing import Any
 from edge_agent.clock import Clock
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError, StateError
+from edge_agent.files import atomic_write
+from edge_agent.metrics import render as render_metrics
 from edge_agent.state import StateStore
 from edge_agent.status import assess
 from edge_agent.systemd import Notifier
@@ -129,6 +135,7 @@ class Daemon:
     def _loop(self, generation: _Generation) -> _Generation:
         tick = min(TICK_S, self._notifier.watchdog_interval_s or TICK_S)
         last_status = time.monotonic()
+        self._write_metrics(generation)
         while not self._stop.wait(tick):
             if self._reload.is_set():
                 self._reload.clear()
@@ -141,6 +148,7 @@ class Daemon:
             if time.monotonic() - last_status >= STATUS_EVERY_S:
                 last_status = time.monotonic()
                 self._notifier.status(self._summary(generation))
+                self._write_metrics(generation)
         return generation
 
     def _reloaded(self, generation: _Generation) -> _Generation:
@@ -161,6 +169,16 @@ class Daemon:
         self._notifier.ready(self._summary(fresh))
         return fresh
 
+    def _write_metrics(self, generation: _Generation) -> None:
+        path = generation.config.metrics.textfile
+        if path is None:
+            return
+        try:
+            text = render_metrics(generation.store.view(), self._clock.now())
+            atomic_write(path, text.encode("utf-8"), mode=0o644)
+        except (OSError, StateError) as exc:
+            log.warning("metrics file %s not written: %s", path, exc)
+
     def _summary(self, generation: _Generation) -> str:
         try:
             verdict, reason = assess(generation.store.view(), self._clock.now())
@@ -178,6 +196,8 @@ class Daemon:
                 self._start_sync(generation)
             if config.drop_folders:
                 self._start_watch(generation)
+            if config.metrics.listen is not None:
+                self._start_metrics_endpoint(generation, config.metrics.listen)
         except BaseException:
             self._finish(generation)
             raise
@@ -223,6 +243,42 @@ class Daemon:
         watcher = DropWatcher(config.drop_folders, on_bundle)
         generation.stop_requests.append(watcher.request_stop)
         self._spawn(generation, "watch", lambda: _watch(watcher, generation.stop))
+
+    def _start_metrics_endpoint(self, generation: _Generation, listen: tuple[str, int]) -> None:
+        store, clock = generation.store, self._clock
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "edge-agent"
+            sys_version = ""
+
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                try:
+                    body = render_metrics(store.view(), clock.now()).encode("utf-8")
+                except StateError:
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape every 15 s is not news
+
+        try:
+            server = ThreadingHTTPServer(listen, Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.listen {listen[0]}:{listen[1]}: cannot listen: {exc.strerror or exc}"
+            ) from None
+        server.daemon_threads = True
+        generation.stop_requests.append(server.shutdown)
+        generation.held.callback(server.server_close)
+        self._spawn(generation, "metrics", server.serve_forever)
 
     def _finish(self, generation: _Generation) -> None:
         generation.stop.set()

@@ -26,6 +26,7 @@ Keys and what they hold (all JSON):
     summary/current     a small summary of policy/current (what status shows, artifact list)
     summary/previous    the same for policy/previous
     imports             the newest MAX_IMPORTS import attempts, newest last
+    stats/imports       import attempts ever made, by result (counters for metrics)
     seen_files          SHA-256 of bundle files already handled, with their result
     enforce/inventory   what the agent applied to its target (what it may prune), as JSON
     enforce/last_cycle  the newest reconcile cycle's summary (per-object results, health)
@@ -156,6 +157,7 @@ _K_SYNC_STATE = "sync/state"
 _K_CONFIRMED = "policy/confirmed_at"
 _K_REQUESTS = "enforce/requests"
 _K_HEALTH_LAST = "outbox/health_last"
+_K_IMPORT_COUNTS = "stats/imports"
 _K_OUTBOX = "outbox/meta"
 _K_ACTIONS = "actions/meta"
 
@@ -839,6 +841,7 @@ class StateStore:
             "previous_policy": previous,
             "trust": _trust_summary(trust) if trust else None,
             "imports": self.imports()[-20:],
+            "import_counts": dict(self._get(_K_IMPORT_COUNTS) or {}),
             "last_cycle": self.last_cycle(),
             "outbox": self.outbox_stats(),
             "policy_confirmed_at": self._get(_K_CONFIRMED),
@@ -891,6 +894,9 @@ class StateStore:
         history = list(self._cache.get(_K_IMPORTS) or [])
         history.append(record.to_json())
         self._cache.set(_K_IMPORTS, history[-MAX_IMPORTS:])
+        counts = dict(self._cache.get(_K_IMPORT_COUNTS) or {})
+        counts[record.result] = int(counts.get(record.result, 0)) + 1
+        self._cache.set(_K_IMPORT_COUNTS, counts)
 
     def _mark_seen(self, file_sha256: str, record: ImportRecord) -> None:
         seen = dict(self._cache.get(_K_SEEN) or {})

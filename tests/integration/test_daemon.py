@@ -17,10 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mgmt_stub.keys import KeyDirectory
 from tests.conftest import BIN, BundleMaker, wait_for
+from tests.stub_process import free_port
 
 
 class FakeSystemd:
@@ -56,7 +58,7 @@ def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
     fake.close()
 
 
-def daemon_site(tmp_path: Path, keys: KeyDirectory) -> tuple[Path, Path, Path]:
+def daemon_site(tmp_path: Path, keys: KeyDirectory, extra: str = "") -> tuple[Path, Path, Path]:
     """(config, drop folder, manifest folder) of a site with no management server."""
     site = tmp_path / "site"
     drop, manifests = tmp_path / "drop", tmp_path / "manifests"
@@ -69,7 +71,7 @@ def daemon_site(tmp_path: Path, keys: KeyDirectory) -> tuple[Path, Path, Path]:
         "labels: {region: eu, tier: edge}\n"
         f"paths: {{state_dir: {site / 'state'}, initial_root: {site / 'root.json'}}}\n"
         f"drop_folders: ['{drop}']\n"
-        f"target: {{kind: manifest-dir, folder: {manifests}}}\n",
+        f"target: {{kind: manifest-dir, folder: {manifests}}}\n" + extra,
         encoding="utf-8",
     )
     return config, drop, manifests
@@ -90,10 +92,17 @@ def start(config: Path, systemd: FakeSystemd, log: Path) -> subprocess.Popen[byt
 def test_run_notifies_enforces_dropped_bundles_reloads_and_stops(
     tmp_path: Path, keys: KeyDirectory, make_bundle: BundleMaker, systemd: FakeSystemd
 ) -> None:
-    config, drop, manifests = daemon_site(tmp_path, keys)
+    port = free_port()
+    textfile = tmp_path / "textfile" / "edge_agent.prom"
+    textfile.parent.mkdir()
+    config, drop, manifests = daemon_site(
+        tmp_path, keys, f"metrics: {{textfile: {textfile}, listen: '127.0.0.1:{port}'}}\n"
+    )
     process = start(config, systemd, tmp_path / "run.log")
     try:
         wait_for(lambda: systemd.seen("READY", "1") == 1, 20)
+        wait_for(textfile.exists, 10)
+        assert 'edge_agent_verdict{verdict="not-initialised"} 1' in textfile.read_text()
         ready = next(m for m in systemd.messages if m.get("READY") == "1")
         assert ready["STATUS"].startswith("NOT INITIALISED")
         # Pings every half watchdog period while healthy.
@@ -109,6 +118,13 @@ def test_run_notifies_enforces_dropped_bundles_reloads_and_stops(
         original = victim.read_text()
         victim.write_text(original + "\n# changed behind the agent's back\n")
         wait_for(lambda: victim.read_text() == original, 20)
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith(
+            "text/plain; version=0.0.4"
+        )
+        assert "edge_agent_policy_revision 1\n" in scraped.text
+        assert 'edge_agent_imports_total{result="committed"} 1' in scraped.text
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
 
         # SIGHUP: a broken config is refused and the running one stays...
         good = config.read_text()
