@@ -39,6 +39,8 @@ from edge_agent.config import (
 )
 from edge_agent.errors import BundleError, ConfigError, StateError, TargetUnavailableError
 from edge_agent.importer import import_dropped_file, import_file, verify_file
+from edge_agent.logs import FORMATS as LOG_FORMATS
+from edge_agent.logs import configure as configure_logs
 from edge_agent.state import ROOT_MAX_BYTES, StateStore
 from edge_agent.status import Verdict, render, report
 
@@ -54,14 +56,13 @@ EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits EX_SOFTWARE)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO
+    configure_logs(
+        logging.INFO
         if args.command in ("watch", "run")
         or (args.command in ("enforce", "sync") and not args.once)
         or args.verbose
         else logging.CRITICAL,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        fmt=args.log_format,
     )
     if not args.verbose:
         # A line per HTTP request or scheduler run is noise in the journal: our own modules
@@ -117,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         help="agent configuration file (default: $EDGE_AGENT_CONFIG or %(default)s)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("EDGE_AGENT_LOG_FORMAT", "text")
+        if os.environ.get("EDGE_AGENT_LOG_FORMAT") in LOG_FORMATS
+        else "text",
+        help="one line per event: text (default; $EDGE_AGENT_LOG_FORMAT) or json",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="verify a bundle file; change nothing")
     verify.add_argument("file")

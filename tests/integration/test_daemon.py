@@ -8,6 +8,7 @@ manifest folder, a file changed behind its back is healed, and it stops on SIGTE
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -77,12 +78,12 @@ def daemon_site(tmp_path: Path, keys: KeyDirectory, extra: str = "") -> tuple[Pa
     return config, drop, manifests
 
 
-def start(config: Path, systemd: FakeSystemd, log: Path) -> subprocess.Popen[bytes]:
+def start(config: Path, systemd: FakeSystemd, log: Path, *options: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"}
     env.pop("WATCHDOG_PID", None)
     with log.open("ab") as out:
         return subprocess.Popen(
-            [str(BIN / "edge-agent"), "--config", str(config), "run"],
+            [str(BIN / "edge-agent"), "--config", str(config), *options, "run"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -162,3 +163,25 @@ def test_a_broken_config_at_start_is_exit_2_and_never_ready(
     assert process.wait(30) == 2
     assert systemd.seen("READY") == 0
     assert "target.kind" in (tmp_path / "run.log").read_text()
+
+
+def test_json_logs_are_one_object_per_line(
+    tmp_path: Path, keys: KeyDirectory, make_bundle: BundleMaker, systemd: FakeSystemd
+) -> None:
+    config, drop, manifests = daemon_site(tmp_path, keys)
+    log = tmp_path / "run.log"
+    process = start(config, systemd, log, "--log-format", "json")
+    try:
+        wait_for(lambda: systemd.seen("READY", "1") == 1, 20)
+        shutil.copy(make_bundle(1), drop / "r1.bundle")
+        wait_for(lambda: len(list(manifests.glob("*.yaml"))) == 2, 30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    lines = log.read_text().splitlines()
+    docs = [json.loads(line) for line in lines]
+    assert len(docs) >= 4 and {d["level"] for d in docs} <= {"info", "warning", "error"}
+    assert any("committed: revision 1" in d["message"] for d in docs)
