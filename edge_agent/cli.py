@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sync(config, clock, once=args.once, as_json=args.json)
         if args.command == "run":
             return _run(Path(args.config), clock)
+        if args.command == "hold":
+            return _hold(config, clock, args.reason, as_json=args.json)
+        if args.command == "release":
+            return _release(config, clock, as_json=args.json)
         return _watch(config, clock)
     except ConfigError as exc:
         _fail(str(exc), as_json=as_json, result="config-error")
@@ -141,6 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     enforce = commands.add_parser("enforce", help="keep the target on the policy in force")
     enforce.add_argument("--once", action="store_true", help="run one reconcile cycle and exit")
     enforce.add_argument("--json", action="store_true", help="with --once: the cycle as JSON")
+    hold = commands.add_parser(
+        "hold", help="pause applying new revisions on this site (they are verified and kept)"
+    )
+    hold.add_argument("--reason", required=True, help="why (shown in status, sent to management)")
+    hold.add_argument("--json", action="store_true")
+    release = commands.add_parser(
+        "release", help="lift the hold; apply what waits, if its time has come"
+    )
+    release.add_argument("--json", action="store_true")
     commands.add_parser(
         "run",
         help="the daemon: enforce, sync and watch drop folders in one process (systemd notify)",
@@ -259,6 +272,7 @@ def _status(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
         source=source,
         now=clock.now(),
         sync_server=config.sync.server if config.sync else None,
+        site_tz=config.tzinfo,
     )
     print(json.dumps(doc, indent=2, sort_keys=True) if as_json else render(doc))
     return Verdict[doc["verdict"].upper().replace("-", "_")].value
@@ -298,7 +312,7 @@ def _enforce(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) ->
     target = build_target(config)
     with _open_store(config, clock) as store:
         if once:
-            summary = run_cycle(store, target, clock)
+            summary = run_cycle(store, target, clock, config)
             if summary is None:
                 _emit(
                     {"result": "no-policy"}, as_json, "no policy in force yet; nothing to enforce"
@@ -306,12 +320,55 @@ def _enforce(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) ->
             else:
                 _emit(summary, as_json, summary["line"])
             return EXIT_OK
-        enforcer = Enforcer(store, target, clock)
+        enforcer = Enforcer(store, target, clock, config=config)
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         log.info("enforcing onto %s", target.name)
         enforcer.run(stop)
+    return EXIT_OK
+
+
+def _hold(config: AgentConfig, clock: Clock, reason: str, *, as_json: bool) -> int:
+    from edge_agent.control import hold
+
+    text = " ".join(reason.split())
+    if not text or len(text) > 300 or not text.isprintable():
+        raise ConfigError("hold: --reason must be 1-300 printable characters")
+    with _open_store(config, clock) as store:
+        hold(store, text, clock)
+        held = store.hold() or {}
+    _emit(
+        {"result": "held", "reason": text, "since": held.get("since")},
+        as_json,
+        f"held since {held.get('since')}: new revisions are verified and kept, not applied "
+        "(edge-agent release lifts it)",
+    )
+    return EXIT_OK
+
+
+def _release(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
+    from edge_agent.control import release
+
+    with _open_store(config, clock) as store:
+        released, applied, waiting = release(store, config, clock)
+    if applied is not None:
+        text = f"released; revision {applied} applied"
+    elif waiting is not None:
+        when = f" (at {waiting.next_at.isoformat()})" if waiting.next_at else ""
+        text = f"released; the pending revision is {waiting.reason}{when}"
+    else:
+        text = "released; nothing was pending" if released else "there was no hold"
+    _emit(
+        {
+            "result": "released" if released else "not-held",
+            "applied": applied,
+            "waiting": waiting.reason if waiting else None,
+            "applies_at": waiting.next_at.isoformat() if waiting and waiting.next_at else None,
+        },
+        as_json,
+        text,
+    )
     return EXIT_OK
 
 

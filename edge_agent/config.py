@@ -3,6 +3,7 @@
 Example (every key but ``cluster_id`` and ``paths.initial_root`` has a default)::
 
     cluster_id: site-berlin-01          # DNS-style id; what bundles target
+    timezone: Europe/Berlin             # site time for maintenance windows (default: the host's)
     labels: {region: eu, tier: edge}    # matched by label-selector bundles
     paths:
       state_dir: /var/lib/edge-agent    # the agent's private state (store, artifacts)
@@ -42,6 +43,8 @@ This module reads one file and does nothing else.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,10 +128,20 @@ class AgentConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     sync: SyncConfig | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    timezone: str | None = None  # IANA name; None: the host's local time
 
     @property
     def identity(self) -> Identity:
         return Identity(self.cluster_id, self.labels)
+
+    @property
+    def tzinfo(self) -> dt.tzinfo | None:
+        """Site time for maintenance windows (None: the host's local zone)."""
+        return zoneinfo.ZoneInfo(self.timezone) if self.timezone else None
+
+    def site_time(self, now: dt.datetime) -> dt.datetime:
+        """``now`` as site-local time."""
+        return now.astimezone(self.tzinfo)
 
 
 _TOP_KEYS = {
@@ -140,6 +153,7 @@ _TOP_KEYS = {
     "target",
     "sync",
     "metrics",
+    "timezone",
 }
 _METRICS_KEYS = {"textfile", "listen"}
 _SYNC_KEYS = {
@@ -273,7 +287,16 @@ def parse_config(doc: Any, *, where: str, base: Path) -> AgentConfig:
     target = _target(_section(doc, "target", _TARGET_KEYS, where), where, base)
     sync = _sync(doc["sync"], where, base) if "sync" in doc else None
     metrics = _metrics(_section(doc, "metrics", _METRICS_KEYS, where), where, base)
+    timezone = doc.get("timezone")
+    if timezone is not None:
+        try:
+            zoneinfo.ZoneInfo(str(timezone))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"config {where}: timezone {str(timezone)[:64]!r} is not a known IANA time zone"
+            ) from None
     return AgentConfig(
+        timezone=str(timezone) if timezone is not None else None,
         metrics=metrics,
         cluster_id=cluster_id,
         labels=dict(labels),

@@ -221,7 +221,7 @@ class Daemon:
         from edge_agent.enforcer import Enforcer, build_target
 
         target = build_target(generation.config)
-        enforcer = Enforcer(generation.store, target, self._clock)
+        enforcer = Enforcer(generation.store, target, self._clock, config=generation.config)
         self._spawn(generation, "enforce", lambda: enforcer.run(generation.stop))
 
     def _start_sync(self, generation: _Generation) -> None:

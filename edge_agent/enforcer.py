@@ -26,7 +26,13 @@ from typing import Any
 from edge_agent.bundle.model import Mode
 from edge_agent.clock import Clock, format_time
 from edge_agent.config import AgentConfig
-from edge_agent.errors import ConfigError, PolicyObjectError, TargetUnavailableError
+from edge_agent.control import promote_if_due
+from edge_agent.errors import (
+    ConfigError,
+    EdgeAgentError,
+    PolicyObjectError,
+    TargetUnavailableError,
+)
 from edge_agent.findings import cycle_events
 from edge_agent.outbox import Event
 from edge_agent.reconcile import cycle
@@ -41,8 +47,13 @@ from edge_agent.telemetry import note_health, stamp
 log = logging.getLogger(__name__)
 
 
-def run_cycle(store: StateStore, target: Target, clock: Clock) -> dict[str, Any] | None:
-    """One cycle; returns its summary, or None when no policy is in force yet."""
+def run_cycle(
+    store: StateStore, target: Target, clock: Clock, config: AgentConfig | None = None
+) -> dict[str, Any] | None:
+    """One cycle; returns its summary, or None when no policy is in force yet. With the
+    ``config``, a pending revision whose time has come is applied first."""
+    if config is not None:
+        promote_if_due(store, config, clock)
     policy = store.current_policy()
     if policy is None:
         log.info("no policy in force yet; nothing to enforce")
@@ -134,7 +145,16 @@ class Enforcer:
     """Keeps the target on the policy in force: periodic cycles, and one at once when the
     policy in force changes or the target reports a change behind the agent's back."""
 
-    def __init__(self, store: StateStore, target: Target, clock: Clock, *, poll_s: float = 2.0):
+    def __init__(
+        self,
+        store: StateStore,
+        target: Target,
+        clock: Clock,
+        *,
+        poll_s: float = 2.0,
+        config: AgentConfig | None = None,
+    ):
+        self._config = config
         self._store = store
         self._target = target
         self._clock = clock
@@ -155,6 +175,7 @@ class Enforcer:
             while not stop.wait(self._poll_s):
                 if watcher is None:
                     watcher = self._start_watch()  # e.g. k3s created its manifest folder by now
+                self._promote()
                 revision = self._revision()
                 if revision != seen:
                     log.info("policy revision %s is now in force; reconciling now", revision)
@@ -188,13 +209,23 @@ class Enforcer:
             policy = self._store.current_policy()
         return None if policy is None else int(policy["revision"])
 
+    def _promote(self) -> None:
+        """Apply a pending revision once its maintenance window opens or the hold is lifted."""
+        if self._config is None:
+            return
+        with self._lock:
+            try:
+                promote_if_due(self._store, self._config, self._clock)
+            except EdgeAgentError as exc:
+                log.warning("pending revision not applied: %s", exc)
+
     def _requests(self) -> int:
         with self._lock:
             return self._store.reconcile_requests()
 
     def _cycle(self) -> None:
         with self._lock:
-            run_cycle(self._store, self._target, self._clock)  # records its own outcome
+            run_cycle(self._store, self._target, self._clock, self._config)  # records its outcome
             policy = self._store.current_policy()
         if policy is not None:
             interval = float(policy["settings"]["reconcile_interval_s"])

@@ -128,4 +128,9 @@ def health_data(view: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
     if staleness is not None and staleness.stale:
         data["stale_since"] = staleness.to_json()["stale_since"]
         data["on_stale"] = staleness.on_stale
+    hold, pending = view.get("hold"), view.get("pending_policy")
+    if hold:
+        data["hold"] = {"reason": _cut(hold.get("reason")), "since": hold.get("since")}
+    if pending:
+        data["pending_revision"] = pending.get("revision")
     return data

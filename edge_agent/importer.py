@@ -24,6 +24,7 @@ from edge_agent.bundle.trust import TrustState
 from edge_agent.bundle.verify import DiscardSink, VerifiedBundle, verify_bundle
 from edge_agent.clock import Clock
 from edge_agent.config import AgentConfig
+from edge_agent.control import admit
 from edge_agent.errors import BundleError, BundleErrorCode, StateError
 from edge_agent.findings import import_data
 from edge_agent.outbox import Event
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ImportResult:
-    outcome: str  # "committed" or "already-in-force"
+    outcome: str  # "committed", "pending" (verified, waiting: hold or window) or "already-in-force"
     bundle: VerifiedBundle
     file_sha256: str
 
@@ -133,8 +134,15 @@ def verify_and_commit(
                     "bundle %s: revision %d is already in force", source.location, meta.revision
                 )
                 return ImportResult("already-in-force", bundle, sha)
+            admission = admit(meta.settings.to_json(), store, config, clock)
             committed = ImportRecord(
-                now, source.location, sha, "committed", meta.revision, meta.bundle_id
+                now,
+                source.location,
+                sha,
+                "committed" if admission.apply else "pending",
+                meta.revision,
+                meta.bundle_id,
+                message=None if admission.apply else admission.reason,
             )
             store.commit(
                 bundle,
@@ -142,6 +150,7 @@ def verify_and_commit(
                 staging=staging,
                 now=now,
                 events=[_event(committed, source.kind, clock)],
+                pending=not admission.apply,
             )
     except BundleError as exc:
         # A file still being copied (truncated) is not remembered: it will be offered again.
@@ -172,6 +181,15 @@ def verify_and_commit(
         log.error("bundle %s not committed: %s", source.location, exc)
         raise
     note_health(store, clock)
+    if not admission.apply:
+        log.info(
+            "bundle %s verified: revision %d (%s) pending: %s",
+            source.location,
+            meta.revision,
+            meta.bundle_id,
+            admission.reason,
+        )
+        return ImportResult("pending", bundle, sha)
     log.info(
         "bundle %s committed: revision %d (%s) now in force",
         source.location,

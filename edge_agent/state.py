@@ -23,6 +23,10 @@ Keys and what they hold (all JSON):
     root_history        every root version accepted, oldest first
     policy/current      the policy in force (manifests, settings, source)
     policy/previous     the policy it replaced
+    policy/pending      a verified newer policy waiting to be applied (held on site, or
+                        waiting for a maintenance window); the trust state already counts it
+    summary/pending     the small summary of policy/pending
+    control/hold        the on-site hold: reason and since (``edge-agent hold``)
     summary/current     a small summary of policy/current (what status shows, artifact list)
     summary/previous    the same for policy/previous
     imports             the newest MAX_IMPORTS import attempts, newest last
@@ -158,6 +162,9 @@ _K_CONFIRMED = "policy/confirmed_at"
 _K_REQUESTS = "enforce/requests"
 _K_HEALTH_LAST = "outbox/health_last"
 _K_IMPORT_COUNTS = "stats/imports"
+_K_PENDING = "policy/pending"
+_K_SUMMARY_PENDING = "summary/pending"
+_K_HOLD = "control/hold"
 _K_OUTBOX = "outbox/meta"
 _K_ACTIONS = "actions/meta"
 
@@ -348,18 +355,22 @@ class StateStore:
         staging: Staging,
         now: dt.datetime,
         events: Sequence[Event] = (),
+        pending: bool = False,
     ) -> None:
-        """Make ``bundle`` the policy in force, atomically, with ``events`` queued.
+        """Make ``bundle`` the policy in force, atomically, with ``events`` queued; or, with
+        ``pending``, keep it as the pending policy (applied later by ``promote_pending``)
+        while the policy in force stays. Either way the trust state moves on to it (its
+        revision is the newest accepted: an older one is a rollback from now on).
 
-        Raises StateError if the policy in force changed since ``bundle`` was verified (a
+        Raises StateError if the trust state changed since ``bundle`` was verified (a
         concurrent import), or StateWriteError if the disk refuses; either way the previous
-        policy stays in force and nothing is queued.
+        state stays and nothing is queued.
         """
         record = ImportRecord(
             now,
             source.location,
             source.file_sha256,
-            "committed",
+            "pending" if pending else "committed",
             bundle.metadata.revision,
             bundle.metadata.bundle_id,
         )
@@ -376,15 +387,11 @@ class StateStore:
                     raise StateConflictError(
                         "the policy in force changed while this bundle was verified; import it again"
                     )
-                for key, previous_key in (
-                    (_K_CURRENT, _K_PREVIOUS),
-                    (_K_SUMMARY, _K_SUMMARY_PREVIOUS),
-                ):
-                    previous = self._cache.get(key)
-                    if previous is not None:
-                        self._cache.set(previous_key, previous)
-                self._cache.set(_K_CURRENT, policy)
-                self._cache.set(_K_SUMMARY, _policy_summary(policy))
+                if pending:
+                    self._cache.set(_K_PENDING, policy)
+                    self._cache.set(_K_SUMMARY_PENDING, _policy_summary(policy))
+                else:
+                    self._make_current(policy)
                 self._cache.set(_K_TRUST, _trust_to_json(bundle.trust))
                 if bundle.new_roots:
                     history = list(self._cache.get(_K_ROOTS) or [])
@@ -396,6 +403,66 @@ class StateStore:
                 self._enqueue_locked(events, None)
             self._collect_artifacts()
         self.write_snapshot()
+
+    def _make_current(self, policy: Mapping[str, Any]) -> None:
+        """previous <- current, current <- ``policy``; any pending policy is superseded."""
+        for key, previous_key in ((_K_CURRENT, _K_PREVIOUS), (_K_SUMMARY, _K_SUMMARY_PREVIOUS)):
+            previous = self._cache.get(key)
+            if previous is not None:
+                self._cache.set(previous_key, previous)
+        self._cache.set(_K_CURRENT, dict(policy))
+        self._cache.set(_K_SUMMARY, _policy_summary(policy))
+        self._cache.delete(_K_PENDING)
+        self._cache.delete(_K_SUMMARY_PENDING)
+
+    def pending_policy(self) -> Mapping[str, Any] | None:
+        """The verified policy waiting to be applied, or None."""
+        value = self._get(_K_PENDING)
+        return value if isinstance(value, dict) else None
+
+    def promote_pending(
+        self, revision: int, *, now: dt.datetime, events: Sequence[Event] = ()
+    ) -> bool:
+        """Apply the pending policy if it is still ``revision`` (one transaction, with its
+        ``events``); False when there is none or another took its place meanwhile."""
+        with self._commit_lock():
+            with self._write(f"applying pending revision {revision}"), self._cache.transact():
+                pending = self._cache.get(_K_PENDING)
+                if not isinstance(pending, dict) or pending.get("revision") != revision:
+                    return False
+                self._make_current(pending)
+                self._append_import(
+                    ImportRecord(
+                        now,
+                        "pending",
+                        pending["source"]["file_sha256"],
+                        "applied",
+                        revision,
+                        pending["bundle_id"],
+                    )
+                )
+                self._enqueue_locked(events, None)
+            self._collect_artifacts()
+        self.write_snapshot()
+        return True
+
+    def hold(self) -> Mapping[str, Any] | None:
+        """The on-site hold (reason, since), or None."""
+        value = self._get(_K_HOLD)
+        return value if isinstance(value, dict) else None
+
+    def set_hold(self, reason: str, *, now: dt.datetime) -> None:
+        with self._write("setting the hold"):
+            self._cache.set(_K_HOLD, {"reason": reason, "since": format_time(now)})
+        self.write_snapshot()
+
+    def clear_hold(self) -> Mapping[str, Any] | None:
+        """Release the hold; the one released, or None."""
+        with self._write("releasing the hold"), self._cache.transact():
+            held = self._cache.get(_K_HOLD)
+            self._cache.delete(_K_HOLD)
+        self.write_snapshot()
+        return held if isinstance(held, dict) else None
 
     def record_import(self, record: ImportRecord, *, events: Sequence[Event] = ()) -> None:
         """Remember an import attempt that did not commit (rejected, already in force...),
@@ -842,6 +909,8 @@ class StateStore:
             "trust": _trust_summary(trust) if trust else None,
             "imports": self.imports()[-20:],
             "import_counts": dict(self._get(_K_IMPORT_COUNTS) or {}),
+            "pending_policy": self._get(_K_SUMMARY_PENDING),
+            "hold": self.hold(),
             "last_cycle": self.last_cycle(),
             "outbox": self.outbox_stats(),
             "policy_confirmed_at": self._get(_K_CONFIRMED),
@@ -926,7 +995,11 @@ class StateStore:
 
     def _collect_artifacts(self) -> None:
         keep: set[str] = set()
-        for summary in (self._get(_K_SUMMARY), self._get(_K_SUMMARY_PREVIOUS)):
+        for summary in (
+            self._get(_K_SUMMARY),
+            self._get(_K_SUMMARY_PREVIOUS),
+            self._get(_K_SUMMARY_PENDING),
+        ):
             if summary:
                 keep.update(a["sha256"] for a in summary.get("artifacts", []))
         for blob in self._artifacts.iterdir():

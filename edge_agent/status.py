@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.clock import format_time, parse_time
+from edge_agent.gate import decide, parse_windows
 from edge_agent.staleness import Staleness
 from edge_agent.staleness import assess as assess_staleness
 
@@ -52,6 +53,13 @@ def assess(view: Mapping[str, Any], now: dt.datetime) -> tuple[Verdict, str]:
     staleness = staleness_of(view, now)
     if staleness is not None and staleness.stale:
         return Verdict.DEGRADED, f"{in_force}; {staleness.line()}"
+    hold, pending = view.get("hold"), view.get("pending_policy")
+    if hold and pending:
+        return (
+            Verdict.DEGRADED,
+            f"{in_force}; revision {pending['revision']} is held on site since "
+            f"{hold.get('since')}: {hold.get('reason')}",
+        )
     problem = _last_problem(view.get("imports") or []) or _cycle_problem(view.get("last_cycle"))
     if problem is not None:
         return Verdict.DEGRADED, f"{in_force}; {problem}"
@@ -93,7 +101,7 @@ def _cycle_problem(last_cycle: Mapping[str, Any] | None) -> str | None:
 def _last_problem(imports: list[Mapping[str, Any]]) -> str | None:
     """The newest failed or suspicious import since the last successful one, if any."""
     for entry in reversed(imports):
-        if entry["result"] in ("committed", "already-in-force"):
+        if entry["result"] in ("committed", "already-in-force", "pending", "applied"):
             return None
         if entry["result"] == "failed":
             return f"an import failed at {entry['at']}"
@@ -110,11 +118,14 @@ def report(
     source: str,
     now: dt.datetime,
     sync_server: str | None = None,
+    site_tz: dt.tzinfo | None = dt.UTC,
 ) -> dict[str, Any]:
-    """The stable JSON document of ``status --json``."""
+    """The stable JSON document of ``status --json``; ``site_tz`` is the site's time zone
+    (maintenance windows are in site time)."""
     verdict, reason = assess(view, now)
     staleness = staleness_of(view, now)
     return {
+        "pending": pending_of(view, now.astimezone(site_tz)),
         "verdict": verdict.name.lower().replace("_", "-"),
         "reason": reason,
         "cluster_id": cluster_id,
@@ -124,6 +135,32 @@ def report(
         **dict(view),
         "staleness": staleness.to_json() if staleness else None,
         "connectivity": connectivity(view.get("sync"), sync_server),
+    }
+
+
+def pending_of(view: Mapping[str, Any], site_now: dt.datetime) -> dict[str, Any] | None:
+    """The revision waiting to be applied, why, and when it will (site time)."""
+    pending = view.get("pending_policy")
+    if not pending:
+        return None
+    current = view.get("policy") or {}
+    try:
+        windows = parse_windows(
+            list((current.get("settings") or {}).get("maintenance_windows") or [])
+        )
+    except ValueError:
+        windows = ()
+    decision = decide(
+        hold=view.get("hold"),
+        windows=windows,
+        urgent=bool((pending.get("settings") or {}).get("urgent")),
+        now=site_now,
+    )
+    return {
+        "revision": pending["revision"],
+        "bundle_id": pending["bundle_id"],
+        "reason": decision.reason if not decision.apply else "due now: applied at the next cycle",
+        "applies_at": decision.next_at.isoformat() if decision.next_at else None,
     }
 
 
@@ -186,6 +223,15 @@ def render(doc: Mapping[str, Any]) -> str:
             )
     else:
         lines.append("policy       none in force")
+    pending = doc.get("pending")
+    if pending:
+        when = f"; applies at {pending['applies_at']}" if pending.get("applies_at") else ""
+        lines.append(f"pending      revision {pending['revision']}: {pending['reason']}{when}")
+    hold = doc.get("hold")
+    if hold:
+        lines.append(
+            f"hold         since {hold.get('since')}: {hold.get('reason')} (edge-agent release)"
+        )
     staleness = doc.get("staleness")
     if policy and staleness and staleness.get("stale_after_s"):
         lines.append(f"staleness    {_staleness_line(staleness)}")

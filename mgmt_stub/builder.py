@@ -5,7 +5,8 @@ A profile folder holds ``profile.yaml``::
     name: hello-web
     description: free text
     settings: {mode: enforce, reconcile_interval_s: 60, sync_interval_s: 300}
-    #   optional: stale_after_s: 2592000 (30 days without contact or a new bundle), on_stale: audit
+    #   optional: stale_after_s: 2592000 (30 days without contact or a new bundle), on_stale: audit,
+    #   maintenance_windows: ["Sat 02:00-04:00"] (site time), urgent: true (this revision at once)
     layers:                       # applied in this order
       - {name: base, path: layers/base}
       - {name: app, path: layers/app}
@@ -78,7 +79,7 @@ _LAYER_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _PROFILE_FIELDS = {"name", "description", "settings", "layers", "artifacts"}
 _SETTINGS = {"mode": "enforce", "reconcile_interval_s": 60, "sync_interval_s": 300}
 # Signed only when the profile gives them: absent means "authoritative forever".
-_OPTIONAL_SETTINGS = ("stale_after_s", "on_stale")
+_OPTIONAL_SETTINGS = ("stale_after_s", "on_stale", "maintenance_windows", "urgent")
 
 
 def load_profile(folder: Path) -> Profile:

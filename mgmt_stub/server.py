@@ -127,6 +127,11 @@ class SettingsBody(Strict):
     # The staleness rule (docs/bundle-format.md §7); absent: the policy never goes stale.
     stale_after_s: Annotated[int, Field(ge=MIN_STALE_AFTER_S, le=MAX_STALE_AFTER_S)] | None = None
     on_stale: Literal["report", "audit"] | None = None
+    # When a new revision may apply on site ("Sat 02:00-04:00", site time); urgent: at once.
+    maintenance_windows: (
+        Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] | None
+    ) = None
+    urgent: bool | None = None
 
 
 class ProfileBody(Strict):

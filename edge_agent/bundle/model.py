@@ -19,6 +19,7 @@ from edge_agent.bundle.envelope import Role, keyid_for
 from edge_agent.clock import parse_time
 from edge_agent.errors import BundleError
 from edge_agent.errors import BundleErrorCode as Code
+from edge_agent.gate import parse_windows
 
 FORMAT_VERSION = 1
 ROOT_TYPE = "edge-agent/root"
@@ -101,6 +102,10 @@ class Settings:
     #: what a stale policy does: ``report`` (keep enforcing, say so) or ``audit`` (stop
     #: changing the cluster, only report drift).
     on_stale: StaleAction = StaleAction.REPORT
+    #: when a new revision may be applied on this site (``gate``); empty: at once.
+    maintenance_windows: tuple[str, ...] = ()
+    #: this revision applies at once, outside the maintenance windows (not through a hold).
+    urgent: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +114,8 @@ class Settings:
             "sync_interval_s": self.sync_interval_s,
             "stale_after_s": self.stale_after_s,
             "on_stale": self.on_stale.value,
+            "maintenance_windows": list(self.maintenance_windows),
+            "urgent": self.urgent,
         }
 
 
@@ -427,7 +434,7 @@ def _settings(doc: Any) -> Settings:
     if not isinstance(doc, dict):
         raise BundleError(code, "settings must be an object")
     required = {"mode", "reconcile_interval_s", "sync_interval_s"}
-    optional = {"stale_after_s", "on_stale"} & doc.keys()
+    optional = {"stale_after_s", "on_stale", "maintenance_windows", "urgent"} & doc.keys()
     _exact_keys(doc, required | optional, "settings", code)
     try:
         mode = Mode(doc["mode"])
@@ -450,7 +457,19 @@ def _settings(doc: Any) -> Settings:
             on_stale = StaleAction(doc["on_stale"])
         except (ValueError, TypeError):
             raise BundleError(code, "settings on_stale must be 'report' or 'audit'") from None
+    windows: tuple[str, ...] = ()
+    if "maintenance_windows" in doc:
+        try:
+            parse_windows(doc["maintenance_windows"])
+        except ValueError as exc:
+            raise BundleError(code, f"settings {exc}") from None
+        windows = tuple(doc["maintenance_windows"])
+    urgent = doc.get("urgent", False)
+    if not isinstance(urgent, bool):
+        raise BundleError(code, "settings urgent must be true or false")
     return Settings(
+        maintenance_windows=windows,
+        urgent=urgent,
         mode=mode,
         reconcile_interval_s=_int(
             doc["reconcile_interval_s"], "settings reconcile_interval_s", 10, 86400, code

@@ -61,6 +61,8 @@ def test_without_the_rule_the_policy_is_authoritative_forever() -> None:
         "sync_interval_s": 300,
         "stale_after_s": None,
         "on_stale": "report",
+        "maintenance_windows": [],
+        "urgent": False,
     }
 
 
