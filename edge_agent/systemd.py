@@ -7,8 +7,10 @@ Each ``send`` is one datagram of ``KEY=VALUE`` lines (``READY=1``, ``STATUS=...`
 systemd, or ``Type=simple``) every call does nothing, so the daemon runs the same either way.
 
 The watchdog is armed only for this process: when ``WATCHDOG_PID`` names another process the
-interval is ignored (sd_watchdog_enabled does the same). A send that fails is logged once and
-never raised: the service must not die because its supervisor's socket went away.
+interval is ignored (sd_watchdog_enabled does the same), and no ``WATCHDOG=1`` is sent without
+``WATCHDOG_USEC``. Sends never block (a full socket queue drops the message) and a send that
+fails is logged once and never raised: the service must not stall or die because its
+supervisor's socket is slow or went away.
 Not here: deciding when the daemon is healthy (``daemon`` does), socket activation.
 """
 
@@ -60,7 +62,9 @@ class Notifier:
         self.send(STATUS=status)
 
     def watchdog(self) -> None:
-        self.send(WATCHDOG="1")
+        """A ping, only when systemd armed a watchdog for this process."""
+        if self.watchdog_usec is not None:
+            self.send(WATCHDOG="1")
 
     def reloading(self) -> None:
         self.send(RELOADING="1", STATUS="reloading the configuration")
@@ -81,6 +85,9 @@ class Notifier:
         address = "\0" + self._address[1:] if self._address.startswith("@") else self._address
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Never block: a supervisor that does not read its socket (a full queue)
+                # must not stall the main loop, nor its handling of SIGTERM.
+                sock.setblocking(False)
                 sock.sendto("\n".join(lines).encode("utf-8"), address)
         except OSError as exc:
             if not self._warned:

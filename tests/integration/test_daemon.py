@@ -185,3 +185,34 @@ def test_json_logs_are_one_object_per_line(
     docs = [json.loads(line) for line in lines]
     assert len(docs) >= 4 and {d["level"] for d in docs} <= {"info", "warning", "error"}
     assert any("committed: revision 1" in d["message"] for d in docs)
+
+
+def test_a_supervisor_that_never_reads_cannot_stall_the_daemon(
+    tmp_path: Path, keys: KeyDirectory
+) -> None:
+    config, _, _ = daemon_site(tmp_path, keys)
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # full after a few messages
+    path = tmp_path / "deaf.sock"
+    deaf.bind(str(path))
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
+    env.pop("WATCHDOG_PID", None)
+    log = tmp_path / "run.log"
+    try:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [str(BIN / "edge-agent"), "--config", str(config), "run"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        wait_for(lambda: "edge-agent running" in log.read_text(), 20)
+        time.sleep(2)  # pings every 0.1 s: the socket's queue is long full
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        deaf.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "cannot notify systemd" in log.read_text()
