@@ -10,7 +10,8 @@ time from the clock and the config's time zone, and asks ``gate.decide``.
   hold is released); the enforcer asks before every cycle and every few seconds.
 - ``hold`` / ``release`` are ``edge-agent hold --reason`` / ``release``. A hold stops new
   revisions from applying (even urgent ones); drift healing of the revision in force goes on.
-  A hold takes effect for revisions verified after it is set.
+  A hold takes effect at once: a commit or promotion racing it sees it in its transaction
+  (a commit then fails with a transient conflict and is retried as pending).
 
 Every change queues a health event (the hold and the pending revision are in it), so
 management learns of it.

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -125,7 +126,8 @@ class Daemon:
             log.info("edge-agent running: %s", ", ".join(p.name for p in generation.parts))
             generation = self._loop(generation)
             self._notifier.stopping()
-            self._finish(generation)
+            if not self._finish(generation):
+                _exit_now(0, "stopped, leaving parts that did not stop to the process's end")
             log.info("edge-agent stopped")
             return 0
         finally:
@@ -159,7 +161,10 @@ class Daemon:
             log.error("reload refused, the running configuration stays: %s", exc)
             self._notifier.ready(self._summary(generation))
             return generation
-        self._finish(generation)
+        if not self._finish(generation):
+            # A wedged part still holds its resources (the sync lock, a cycle in the store):
+            # starting its successor beside it would run both. Restart clean instead.
+            _exit_now(1, "reload aborted: a part did not stop; exiting for a clean restart")
         try:
             fresh = self._start(config)
         except EdgeAgentError as exc:
@@ -269,8 +274,11 @@ class Daemon:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # a scrape every 15 s is not news
 
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+
         try:
-            server = ThreadingHTTPServer(listen, Handler)
+            server = Server(listen, Handler)
         except OSError as exc:
             raise ConfigError(
                 f"metrics.listen {listen[0]}:{listen[1]}: cannot listen: {exc.strerror or exc}"
@@ -280,7 +288,9 @@ class Daemon:
         generation.held.callback(server.server_close)
         self._spawn(generation, "metrics", server.serve_forever)
 
-    def _finish(self, generation: _Generation) -> None:
+    def _finish(self, generation: _Generation) -> bool:
+        """Stop every part of ``generation``; False if one did not stop within the deadline
+        (its thread still runs: the store and locks are then left as they are)."""
         generation.stop.set()
         for request in generation.stop_requests:
             request()
@@ -291,8 +301,20 @@ class Daemon:
             part.thread.join(max(0.0, deadline - time.monotonic()))
             if part.thread.is_alive():
                 log.warning("%s did not stop within %.0f s", part.name, STOP_DEADLINE_S)
+        if any(p.thread is not None and p.thread.is_alive() for p in generation.parts):
+            return False
         generation.held.close()
         generation.store.close()
+        return True
+
+
+def _exit_now(code: int, why: str) -> None:
+    """End the process at once (a wedged thread would keep it alive at interpreter exit:
+    APScheduler's worker threads are joined then). Store writes are SQLite transactions:
+    whatever a killed thread was doing is rolled back, as after a kill -9."""
+    log.error("%s", why)
+    logging.shutdown()
+    os._exit(code)
 
 
 def _watch(watcher: Any, stop: threading.Event) -> None:

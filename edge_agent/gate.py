@@ -5,6 +5,10 @@ Pure: values and a site-local time in, a decision out.
 - A **maintenance window** is written ``DAYS HH:MM-HH:MM`` in site time: ``Sat 02:00-04:00``,
   ``Mon-Fri 22:00-02:00`` (ends the next morning), ``Mon,Wed 01:00-01:30``, ``daily 03:00-04:00``.
   A window that ends before it starts crosses midnight and belongs to the day it starts.
+  Windows are compared in absolute time (UTC): on the night clocks go forward a window
+  starting in the skipped hour opens when the clocks jump, and a window is never shorter
+  than its written length (``Sun 02:00-03:00`` still lasts an hour that night); on the night
+  they go back it lasts as long as the clocks say.
 - ``decide``: a **hold** (set by the person on site) stops everything until released, even an
   urgent revision; otherwise a revision applies at once when there are no windows, when it is
   marked urgent, or when now is inside a window; else it waits for the next window's start.
@@ -37,11 +41,14 @@ class Window:
         return f"{days} {self.start:%H:%M}-{self.end:%H:%M}"
 
     def _span(self, day: dt.date, tz: dt.tzinfo | None) -> tuple[dt.datetime, dt.datetime]:
+        """The window of ``day`` as absolute (UTC) times."""
         start = dt.datetime.combine(day, self.start, tz)
         end = dt.datetime.combine(day, self.end, tz)
         if end <= start:
             end += dt.timedelta(days=1)
-        return start, end
+        nominal = end.replace(tzinfo=None) - start.replace(tzinfo=None)
+        start_utc, end_utc = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+        return start_utc, max(end_utc, start_utc + nominal)
 
 
 def parse_window(text: str) -> Window:
@@ -67,12 +74,18 @@ def _days(text: str, whole: str) -> frozenset[int]:
     days: set[int] = set()
     for part in text.split(","):
         first, _, last = part.partition("-")
-        if first[:3] not in DAYS or (last and last[:3] not in DAYS):
+        if not _day(first) or (last and not _day(last)):
             raise ValueError(f"maintenance window {whole!r}: unknown day {part!r}")
         a = DAYS.index(first[:3])
         b = DAYS.index(last[:3]) if last else a
         days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
     return frozenset(days)
+
+
+def _day(text: str) -> bool:
+    """A day name: its first three letters, or the whole English name."""
+    full = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    return text in DAYS or text in full
 
 
 def parse_windows(values: Any) -> tuple[Window, ...]:
@@ -95,21 +108,21 @@ def inside(windows: Sequence[Window], now: dt.datetime) -> bool:
             day = now.date() - dt.timedelta(days=back)
             if day.weekday() in window.days:
                 start, end = window._span(day, now.tzinfo)
-                if start <= now < end:
+                if start <= now.astimezone(dt.UTC) < end:
                     return True
     return False
 
 
 def next_start(windows: Sequence[Window], now: dt.datetime) -> dt.datetime | None:
-    """The next window start after site-local ``now`` (None without windows)."""
+    """The next window start after site-local ``now``, in site time (None without windows)."""
     starts = [
         window._span(now.date() + dt.timedelta(days=ahead), now.tzinfo)[0]
         for window in windows
         for ahead in range(8)
         if (now.date() + dt.timedelta(days=ahead)).weekday() in window.days
     ]
-    upcoming = [s for s in starts if s > now]
-    return min(upcoming) if upcoming else None
+    upcoming = [s for s in starts if s > now.astimezone(dt.UTC)]
+    return min(upcoming).astimezone(now.tzinfo) if upcoming else None
 
 
 def decide(

@@ -125,15 +125,26 @@ def verify_and_commit(
             assert sha is not None, "verify_bundle enforces the same size limit"
             meta = bundle.metadata
             if bundle.already_in_force:
+                pending = store.pending_policy()
+                waiting = pending is not None and pending.get("revision") == meta.revision
                 record = ImportRecord(
-                    now, source.location, sha, "already-in-force", meta.revision, meta.bundle_id
+                    now,
+                    source.location,
+                    sha,
+                    "pending" if waiting else "already-in-force",
+                    meta.revision,
+                    meta.bundle_id,
+                    message="already verified; waiting to be applied" if waiting else None,
                 )
                 store.record_import(record, events=[_event(record, source.kind, clock)])
                 note_health(store, clock)
                 log.info(
-                    "bundle %s: revision %d is already in force", source.location, meta.revision
+                    "bundle %s: revision %d is already %s",
+                    source.location,
+                    meta.revision,
+                    "pending" if waiting else "in force",
                 )
-                return ImportResult("already-in-force", bundle, sha)
+                return ImportResult(record.result, bundle, sha)
             admission = admit(meta.settings.to_json(), store, config, clock)
             committed = ImportRecord(
                 now,
@@ -237,7 +248,7 @@ def import_dropped_file(
         sha = file_sha256(path, max_bytes=limit)
         seen = store.seen_file(sha) if sha is not None else None
         if seen is not None and (
-            seen.get("result") in ("committed", "already-in-force")
+            seen.get("result") in ("committed", "already-in-force", "pending")
             or seen.get("context") == rejection_context(store.trust(), config)
         ):
             log.debug("bundle %s already handled (%s)", path, seen.get("result"))

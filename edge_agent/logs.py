@@ -47,7 +47,7 @@ class LineFormatter(logging.Formatter):
         self._journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record).replace("\r", "").replace("\n", "\\n")
+        text = super().format(record).replace("\r", "").replace("\n", "\\n").replace("\0", "\\0")
         return f"<{_priority(record.levelno)}>{text}" if self._journal else text
 
 
@@ -69,7 +69,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        text = json.dumps(doc, ensure_ascii=False, sort_keys=True)
+        text = json.dumps(doc, ensure_ascii=False, sort_keys=True)  # NUL escaped as \u0000 by JSON
         return f"<{_priority(record.levelno)}>{text}" if self._journal else text
 
 

@@ -387,6 +387,15 @@ class StateStore:
                     raise StateConflictError(
                         "the policy in force changed while this bundle was verified; import it again"
                     )
+                if (
+                    not pending
+                    and self._cache.get(_K_HOLD) is not None
+                    and self._cache.get(_K_CURRENT) is not None
+                ):
+                    raise StateConflictError(
+                        "a hold was set while this bundle was verified; import it again "
+                        "(it will be kept pending)"
+                    )
                 if pending:
                     self._cache.set(_K_PENDING, policy)
                     self._cache.set(_K_SUMMARY_PENDING, _policy_summary(policy))
@@ -430,6 +439,8 @@ class StateStore:
                 pending = self._cache.get(_K_PENDING)
                 if not isinstance(pending, dict) or pending.get("revision") != revision:
                     return False
+                if self._cache.get(_K_HOLD) is not None:
+                    return False  # held meanwhile: the hold wins
                 self._make_current(pending)
                 self._append_import(
                     ImportRecord(

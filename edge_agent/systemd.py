@@ -55,22 +55,22 @@ class Notifier:
         """How often to ping: half the watchdog timeout, as systemd recommends."""
         return None if self.watchdog_usec is None else self.watchdog_usec / 2_000_000
 
-    def ready(self, status: str) -> None:
-        self.send(READY="1", STATUS=status)
+    # Each returns whether the message was sent.
+    def ready(self, status: str) -> bool:
+        return self.send(READY="1", STATUS=status)
 
-    def status(self, status: str) -> None:
-        self.send(STATUS=status)
+    def status(self, status: str) -> bool:
+        return self.send(STATUS=status)
 
-    def watchdog(self) -> None:
+    def watchdog(self) -> bool:
         """A ping, only when systemd armed a watchdog for this process."""
-        if self.watchdog_usec is not None:
-            self.send(WATCHDOG="1")
+        return self.watchdog_usec is not None and self.send(WATCHDOG="1")
 
-    def reloading(self) -> None:
-        self.send(RELOADING="1", STATUS="reloading the configuration")
+    def reloading(self) -> bool:
+        return self.send(RELOADING="1", STATUS="reloading the configuration")
 
-    def stopping(self) -> None:
-        self.send(STOPPING="1", STATUS="stopping")
+    def stopping(self) -> bool:
+        return self.send(STOPPING="1", STATUS="stopping")
 
     def send(self, **fields: str) -> bool:
         """One datagram; True if it was sent."""
@@ -78,7 +78,9 @@ class Notifier:
             return False
         lines = []
         for key, value in fields.items():
-            text = " ".join(value.split())  # one line: a newline would start another field
+            # One printable line: a newline would start another field, and systemd drops a
+            # whole datagram with a NUL in it (READY=1 with it).
+            text = "".join(ch for ch in " ".join(value.split()) if ch.isprintable())
             if key == "STATUS":
                 text = text[:MAX_STATUS_CHARS]
             lines.append(f"{key}={text}")
@@ -88,7 +90,7 @@ class Notifier:
                 # Never block: a supervisor that does not read its socket (a full queue)
                 # must not stall the main loop, nor its handling of SIGTERM.
                 sock.setblocking(False)
-                sock.sendto("\n".join(lines).encode("utf-8"), address)
+                sock.sendto("\n".join(lines).encode("utf-8", errors="replace"), address)
         except OSError as exc:
             if not self._warned:
                 log.warning("cannot notify systemd at %s: %s", self._address, exc.strerror or exc)

@@ -16,13 +16,17 @@
 #   --purge           with --uninstall: remove config and state too (the trust state is lost)
 set -euo pipefail
 
-root=/ binary= config= root_json= systemctl=yes uninstall= purge=
+root=/ binary= config= root_json= systemctl=yes uninstall= purge= changed=
+value() {  # value OPTION ARGS...: the option's value, or exit 2
+  [ $# -ge 2 ] && [ -n "$2" ] || { echo "install.sh: $1 needs a value" >&2; exit 2; }
+  printf '%s' "$2"
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --binary) binary=$2; shift 2 ;;
-    --config) config=$2; shift 2 ;;
-    --root-json) root_json=$2; shift 2 ;;
-    --root) root=$2; shift 2 ;;
+    --binary) binary=$(value "$@"); shift 2 ;;
+    --config) config=$(value "$@"); shift 2 ;;
+    --root-json) root_json=$(value "$@"); shift 2 ;;
+    --root) root=$(value "$@"); shift 2 ;;
     --no-systemctl) systemctl=; shift ;;
     --uninstall) uninstall=yes; shift ;;
     --purge) purge=yes; shift ;;
@@ -70,6 +74,7 @@ place() {  # place SRC DST MODE: copy only when missing or different
   mkdir -p "$(dirname "$dst")"
   install -m "$mode" "$src" "$dst.new" && mv -f "$dst.new" "$dst"
   say "installed $dst"
+  changed=yes
 }
 keep() {  # keep SRC DST MODE: install only when DST does not exist (the operator's copy wins)
   local src=$1 dst=$2 mode=$3
@@ -96,5 +101,6 @@ if [ ! -f "$etc/config.yaml" ]; then
 fi
 run_systemctl daemon-reload
 run_systemctl enable --now edge-agent.service
-run_systemctl reload-or-restart edge-agent.service
+# A new binary or unit takes a restart (a reload would keep the old binary running).
+if [ -n "$changed" ]; then run_systemctl restart edge-agent.service; fi
 say "edge-agent is installed and up to date"

@@ -73,5 +73,6 @@ def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path) -> None:
 def test_bad_usage_is_exit_2(tmp_path: Path) -> None:
     assert install(tmp_path, "--bogus").returncode == 2
     assert install(tmp_path).returncode == 2  # no --binary
+    assert install(tmp_path, "--binary").returncode == 2  # no value
     missing = install(tmp_path, "--binary", str(tmp_path / "absent"))
     assert missing.returncode == 2 and "not an executable" in missing.stderr
