@@ -26,17 +26,11 @@ from typing import Any
 from edge_agent.clock import Clock
 from edge_agent.config import AgentConfig
 from edge_agent.findings import import_data
-from edge_agent.gate import Decision, decide, parse_windows
+from edge_agent.gate import Decision, decide, windows_of
 from edge_agent.state import StateStore
 from edge_agent.telemetry import note_health, stamp
 
 log = logging.getLogger(__name__)
-
-
-def _windows(policy: Mapping[str, Any] | None) -> list[str]:
-    if not policy:
-        return []
-    return list(policy.get("settings", {}).get("maintenance_windows") or [])
 
 
 def admit(
@@ -48,7 +42,7 @@ def admit(
         return Decision(True, "the first policy applies at once")
     return decide(
         hold=store.hold(),
-        windows=parse_windows(_windows(current)),
+        windows=windows_of(current),
         urgent=bool(settings.get("urgent")),
         now=config.site_time(clock.now()),
     )

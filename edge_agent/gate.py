@@ -36,10 +36,6 @@ class Window:
     start: dt.time
     end: dt.time
 
-    def text(self) -> str:
-        days = ",".join(DAYS[d].capitalize() for d in sorted(self.days))
-        return f"{days} {self.start:%H:%M}-{self.end:%H:%M}"
-
     def _span(self, day: dt.date, tz: dt.tzinfo | None) -> tuple[dt.datetime, dt.datetime]:
         """The window of ``day`` as absolute (UTC) times."""
         start = dt.datetime.combine(day, self.start, tz)
@@ -92,6 +88,16 @@ def parse_windows(values: Any) -> tuple[Window, ...]:
     if not isinstance(values, list) or len(values) > MAX_WINDOWS:
         raise ValueError(f"maintenance_windows must be a list of at most {MAX_WINDOWS} windows")
     return tuple(parse_window(v) for v in values)
+
+
+def windows_of(policy: Mapping[str, Any] | None) -> tuple[Window, ...]:
+    """The maintenance windows of a stored policy (or its summary); none without a policy.
+    The policy was verified, so its windows parse; a damaged record counts as none."""
+    settings = (policy or {}).get("settings") or {}
+    try:
+        return parse_windows(list(settings.get("maintenance_windows") or []))
+    except ValueError:
+        return ()
 
 
 @dataclass(frozen=True, slots=True)

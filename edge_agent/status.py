@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.clock import format_time, parse_time
-from edge_agent.gate import decide, parse_windows
+from edge_agent.gate import decide, windows_of
 from edge_agent.staleness import Staleness
 from edge_agent.staleness import assess as assess_staleness
 
@@ -143,16 +143,9 @@ def pending_of(view: Mapping[str, Any], site_now: dt.datetime) -> dict[str, Any]
     pending = view.get("pending_policy")
     if not pending:
         return None
-    current = view.get("policy") or {}
-    try:
-        windows = parse_windows(
-            list((current.get("settings") or {}).get("maintenance_windows") or [])
-        )
-    except ValueError:
-        windows = ()
     decision = decide(
         hold=view.get("hold"),
-        windows=windows,
+        windows=windows_of(view.get("policy")),
         urgent=bool((pending.get("settings") or {}).get("urgent")),
         now=site_now,
     )
