@@ -97,6 +97,9 @@ POISON_LIMIT = 3
 """Events refused alone, with none accepted, that make a delivery stop and keep everything:
 a server that refuses every request must not empty the outbox one event at a time."""
 MAX_TOKEN_BYTES = 4096
+TRANSIENT_RETRY_S = 300
+"""A bundle that failed to commit for a transient reason is fetched again after this long."""
+_TRANSIENT = "transient"
 _TIME_CODES = frozenset(
     c.value
     for c in (
@@ -446,21 +449,15 @@ class SyncEngine:
             log.warning("sync: revision %d from the server rejected: %s", bundle.revision, exc)
             # Kept, so the same bytes are not downloaded again while they would be rejected
             # again; the context says when that may no longer hold.
-            self._store.update_sync_state(
-                {
-                    "etag": bundle.etag,
-                    "assigned": True,
-                    "rejected": {
-                        "code": exc.code.value,
-                        "context": self._rejection_context(exc.code.value),
-                    },
-                }
-            )
+            self._keep_rejected(bundle, exc.code.value)
             return
         except StateError as exc:
-            if exc.transient:
-                return  # disk full, a concurrent import: fetch and verify it again next time
-            raise
+            if not exc.transient:
+                raise
+            # Disk full, a hold set meanwhile, a concurrent import: verify it again, but
+            # not at once (the long poll would ask every few seconds): in a few minutes.
+            self._keep_rejected(bundle, _TRANSIENT)
+            return
         except OSError as exc:
             log.warning("sync: downloaded bundle unreadable: %s", exc)
             return
@@ -475,13 +472,26 @@ class SyncEngine:
             }
         )
 
+    def _keep_rejected(self, bundle: Bundle, code: str) -> None:
+        self._store.update_sync_state(
+            {
+                "etag": bundle.etag,
+                "assigned": True,
+                "rejected": {"code": code, "context": self._rejection_context(code)},
+            }
+        )
+
     def _rejection_context(self, code: str) -> str:
         """What a rejection with ``code`` depended on besides the bytes: the trust root and
         identity always; for a verdict on time, also the site's hour (tried hourly again,
-        so a clock put right by NTP lets the bundle in)."""
+        so a clock put right by NTP lets the bundle in); for a transient failure, the
+        five-minute slot (tried again in at most five minutes)."""
         context = rejection_context(self._store.trust(), self._config)
+        now = self._clock.now()
         if code in _TIME_CODES:
-            context += "/" + self._clock.now().strftime("%Y-%m-%dT%H")
+            context += "/" + now.strftime("%Y-%m-%dT%H")
+        elif code == _TRANSIENT:
+            context += f"/{int(now.timestamp()) // TRANSIENT_RETRY_S}"
         return context
 
     def _actions(self, client: SyncClient, newest_on_server: int | None) -> int:

@@ -25,7 +25,7 @@ from edge_agent.sync.client import Action, SyncClient
 from edge_agent.sync.engine import ROTATE_AFTER
 from mgmt_stub.builder import build_bundle
 from mgmt_stub.keys import KeyDirectory
-from tests.conftest import PROFILES
+from tests.conftest import PROFILES, FakeClock
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess, profile_body
 from tests.sync_site import IGNORE_HTTPCORE_SOCKET, SyncSite, profiled_stub
@@ -578,3 +578,55 @@ def test_bytes_of_an_idle_cycle(sync_sites: Sites, stub: StubProcess, proxy: Fau
     idle = middle - before
     assert 0 < idle <= 600, idle  # one conditional GET answered 304, nothing else
     assert proxy.bytes_up + proxy.bytes_down - middle == 3 * idle
+
+
+class HoldDuringTheImport(FakeClock):
+    """A clock whose second reading while a downloaded bundle waits in the downloads folder
+    is the moment the person on site runs ``edge-agent hold`` (another store handle): after
+    the importer decided to apply the bundle, before it commits."""
+
+    def __init__(self, site: SyncSite) -> None:
+        super().__init__(site.clock.current)
+        self.site = site
+        self.armed = False
+        self.readings = 0
+
+    def now(self) -> dt.datetime:
+        downloads = self.site.config.state_dir / "downloads"
+        if self.armed and any(downloads.glob("desired-*.bundle")):
+            self.readings += 1
+            if self.readings == 2:
+                self.armed = False
+                with self.site.open_store() as other:
+                    other.set_hold("inspection", now=self.current)
+        return self.current
+
+
+def test_a_bundle_that_failed_to_commit_is_fetched_again_later_not_at_once(
+    sync_sites: Sites, stub: StubProcess
+) -> None:
+    site = sync_sites("eng-transient")
+    site.assign("web", name="a-eng-transient")
+    clock = HoldDuringTheImport(site)
+    site.clock = clock
+    with site.open_store() as store:
+        engine = site.engine(store)
+        assert engine.cycle().result == "synced"
+        first = revision(store)
+        stub.admin.put(
+            "/v1/admin/assignments/a-eng-transient",
+            json={"profile": "base", "selector": {"cluster_id": "eng-transient"}},
+        ).raise_for_status()
+        clock.armed = True
+        assert engine.cycle().result == "synced"
+        assert store.imports()[-1]["result"] == "failed"  # the hold won the race
+        assert revision(store) == first
+        count = len(store.imports())
+        clock.advance(seconds=30)
+        assert engine.cycle().result == "synced"
+        assert len(store.imports()) == count  # not downloaded again at once
+        clock.advance(minutes=5)
+        assert engine.cycle().result == "synced"
+        assert store.imports()[-1]["result"] == "pending"  # fetched again: kept, held
+        assert revision(store) == first
+        engine.close()
