@@ -23,33 +23,8 @@ import pytest
 
 from mgmt_stub.keys import KeyDirectory
 from tests.conftest import BIN, BundleMaker, wait_for
+from tests.fake_systemd import FakeSystemd
 from tests.stub_process import free_port
-
-
-class FakeSystemd:
-    """The notification side of systemd: one datagram socket, messages kept in order."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "notify.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-        self.sock.settimeout(0.2)
-        self.messages: list[dict[str, str]] = []
-
-    def drain(self) -> list[dict[str, str]]:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                return self.messages
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            self.messages.append(fields)
-
-    def seen(self, key: str, value: str | None = None) -> int:
-        return sum(1 for m in self.drain() if key in m and (value is None or m[key] == value))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

@@ -17,13 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-import zoneinfo
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from edge_agent.clock import UTC
 from edge_agent.config import load_config
@@ -36,40 +34,12 @@ from edge_agent.state import StateStore
 from edge_agent.status import report
 from edge_agent.systemd import Notifier
 from mgmt_stub.keys import KeyDirectory
-from tests.conftest import BIN, PROFILES, REPO, BundleMaker, FakeClock, Site, wait_for
+from tests.conftest import BIN, REPO, BundleMaker, FakeClock, Site, wait_for
+from tests.fake_systemd import FakeSystemd
 from tests.stub_process import free_port
-
-BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
-WEDNESDAY_NOON = dt.datetime(2026, 11, 25, 12, 0, tzinfo=BERLIN).astimezone(UTC)
-
+from tests.variants import BERLIN, WEDNESDAY_NOON, berlin_site, profile_variant
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def profile(
-    tmp_path: Path, name: str, *, artifact: bytes | None = None, **settings: object
-) -> Path:
-    """A copy of an example profile with extra settings (and optionally one artifact)."""
-    folder = tmp_path / f"profile-{name}-{len(list(tmp_path.glob('profile-*')))}"
-    shutil.copytree(PROFILES / name, folder)
-    spec = yaml.safe_load((folder / "profile.yaml").read_text())
-    spec["settings"] = {**spec.get("settings", {}), **settings}
-    if artifact is not None:
-        (folder / "artifacts").mkdir(exist_ok=True)
-        (folder / "artifacts" / "images.tar").write_bytes(artifact)
-        spec["artifacts"] = [{"path": "artifacts/images.tar", "kind": "image-archive"}]
-    (folder / "profile.yaml").write_text(yaml.safe_dump(spec))
-    return folder
-
-
-def berlin_site(site: Site) -> Site:
-    site.config_path.write_text(
-        site.config_path.read_text()
-        + f"timezone: Europe/Berlin\ntarget: {{kind: manifest-dir, folder: {site.root / 'm'}}}\n"
-    )
-    (site.root / "m").mkdir()
-    site.config = load_config(site.config_path)
-    return site
 
 
 def provisioned(site: Site, clock: FakeClock) -> StateStore:
@@ -124,7 +94,9 @@ def test_pending_revisions_rollback_replacement_and_their_artifacts(
     clock = FakeClock(WEDNESDAY_NOON)
 
     def made(rev: int, content: bytes | None = None) -> Path:
-        return make_bundle(rev, profile_dir=profile(tmp_path, "hello-web", artifact=content))
+        return make_bundle(
+            rev, profile_dir=profile_variant(tmp_path, "hello-web", artifact=content)
+        )
 
     with provisioned(site, clock) as store:
         import_file(made(1), store=store, config=site.config, clock=clock)
@@ -160,7 +132,8 @@ def test_kill_9_around_pending_commits_and_promotions_leaves_a_whole_policy(
     bundles = [
         str(
             make_bundle(
-                rev, profile_dir=profile(tmp_path, "hello-web", artifact=bytes([rev]) * 70_000)
+                rev,
+                profile_dir=profile_variant(tmp_path, "hello-web", artifact=bytes([rev]) * 70_000),
             )
         )
         for rev in range(2, 8)
@@ -245,7 +218,9 @@ def test_a_hold_set_while_a_promotion_is_decided_still_stops_it(
     clock = HoldAfterTheDecision(WEDNESDAY_NOON, site)
     sat = ["Sat 02:00-04:00"]
     with provisioned(site, clock) as store:
-        first = make_bundle(1, profile_dir=profile(tmp_path, "hello-web", maintenance_windows=sat))
+        first = make_bundle(
+            1, profile_dir=profile_variant(tmp_path, "hello-web", maintenance_windows=sat)
+        )
         import_file(first, store=store, config=site.config, clock=clock)
         second = make_bundle(2, "baseline")
         assert (
@@ -270,7 +245,9 @@ def test_a_window_in_the_spring_forward_gap_opens(
     gap = ["Sun 02:00-03:00"]  # 2027-03-28 02:00-03:00 does not exist in Berlin
     with provisioned(site, clock) as store:
         first = make_bundle(
-            1, profile_dir=profile(tmp_path, "hello-web", maintenance_windows=gap), now=clock.now()
+            1,
+            profile_dir=profile_variant(tmp_path, "hello-web", maintenance_windows=gap),
+            now=clock.now(),
         )
         import_file(first, store=store, config=site.config, clock=clock)
         second = make_bundle(2, "baseline", now=clock.now())
@@ -337,24 +314,6 @@ def test_one_journal_line_per_record_even_with_a_nul() -> None:
 
 
 # -- edge-agent run as a real process ----------------------------------------------------------
-
-
-class FakeSystemd:
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "notify.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-        self.sock.settimeout(0.1)
-        self.messages: list[dict[str, str]] = []
-
-    def seen(self, key: str, value: str) -> int:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                break
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
-        return sum(1 for m in self.messages if m.get(key) == value)
 
 
 @pytest.fixture

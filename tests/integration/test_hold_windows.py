@@ -9,43 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
-import zoneinfo
 from pathlib import Path
 
-import yaml
-
 from edge_agent.clock import UTC
-from edge_agent.config import load_config
 from edge_agent.control import hold, promote_if_due, release
 from edge_agent.enforcer import run_cycle
 from edge_agent.errors import BundleError
 from edge_agent.importer import import_file
 from edge_agent.reconcile.manifest_dir import ManifestDirTarget
 from edge_agent.status import report
-from tests.conftest import PROFILES, BundleMaker, FakeClock, Site
-
-BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
-WEDNESDAY_NOON = dt.datetime(2026, 11, 25, 12, 0, tzinfo=BERLIN).astimezone(UTC)
-
-
-def profile(tmp_path: Path, name: str, **settings: object) -> Path:
-    folder = tmp_path / f"profile-{name}-{len(list(tmp_path.glob('profile-*')))}"
-    shutil.copytree(PROFILES / name, folder)
-    spec = yaml.safe_load((folder / "profile.yaml").read_text())
-    spec["settings"] = {**spec.get("settings", {}), **settings}
-    (folder / "profile.yaml").write_text(yaml.safe_dump(spec))
-    return folder
-
-
-def windowed_site(site: Site) -> Site:
-    site.config_path.write_text(
-        site.config_path.read_text()
-        + f"timezone: Europe/Berlin\ntarget: {{kind: manifest-dir, folder: {site.root / 'm'}}}\n"
-    )
-    (site.root / "m").mkdir()
-    site.config = load_config(site.config_path)
-    return site
+from tests.conftest import BundleMaker, FakeClock, Site
+from tests.variants import BERLIN, WEDNESDAY_NOON, berlin_site, profile_variant
 
 
 def revision(site: Site) -> int | None:
@@ -57,7 +31,7 @@ def revision(site: Site) -> int | None:
 def test_a_hold_keeps_new_revisions_pending_and_healing_goes_on(
     site: Site, make_bundle: BundleMaker, tmp_path: Path
 ) -> None:
-    site = windowed_site(site)
+    site = berlin_site(site)
     clock = FakeClock(WEDNESDAY_NOON)
     target = ManifestDirTarget(site.root / "m")
     first, second = make_bundle(1, now=clock.now()), make_bundle(2, "baseline", now=clock.now())
@@ -101,14 +75,18 @@ def test_a_hold_keeps_new_revisions_pending_and_healing_goes_on(
 def test_a_revision_waits_for_the_maintenance_window_unless_urgent(
     site: Site, make_bundle: BundleMaker, tmp_path: Path
 ) -> None:
-    site = windowed_site(site)
+    site = berlin_site(site)
     clock = FakeClock(WEDNESDAY_NOON)
     sat = ["Sat 02:00-04:00"]
     first = make_bundle(
-        1, profile_dir=profile(tmp_path, "hello-web", maintenance_windows=sat), now=clock.now()
+        1,
+        profile_dir=profile_variant(tmp_path, "hello-web", maintenance_windows=sat),
+        now=clock.now(),
     )
     second = make_bundle(
-        2, profile_dir=profile(tmp_path, "baseline", maintenance_windows=sat), now=clock.now()
+        2,
+        profile_dir=profile_variant(tmp_path, "baseline", maintenance_windows=sat),
+        now=clock.now(),
     )
     target = ManifestDirTarget(site.root / "m")
     with site.open_store() as store:
@@ -132,7 +110,9 @@ def test_a_revision_waits_for_the_maintenance_window_unless_urgent(
         clock.current = WEDNESDAY_NOON + dt.timedelta(days=7)
         urgent = make_bundle(
             3,
-            profile_dir=profile(tmp_path, "hello-web", maintenance_windows=sat, urgent=True),
+            profile_dir=profile_variant(
+                tmp_path, "hello-web", maintenance_windows=sat, urgent=True
+            ),
             now=clock.now(),
         )
         ordinary = make_bundle(4, "baseline", now=clock.now())

@@ -20,6 +20,7 @@ from edge_agent.reconcile.inventory import Inventory
 from edge_agent.reconcile.objects import ObjectRef
 from edge_agent.reconcile.target import Action, CycleReport, ObjectResult
 from mgmt_stub.service import MAX_EVENT_DATA
+from tests.views import state_view
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 #: How the server measures an event's data (mgmt_stub.service._check_event).
@@ -289,50 +290,13 @@ def health_view(
     confirmed_at: str = "2026-11-24T11:00:00Z",
     imports: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "policy": {
-            "bundle_id": "hello-web-r7",
-            "revision": 7,
-            "digest": "ab" * 32,
-            "target": {"cluster_id": "site-1"},
-            "issued_at": "2026-11-20T00:00:00Z",
-            "expires_at": "2026-12-20T00:00:00Z",
-            "settings": settings
-            or {"mode": "enforce", "reconcile_interval_s": 60, "sync_interval_s": 300},
-            "layers": [{"name": "base", "manifests": 1, "objects": 2}],
-            "artifacts": [],
-            "source": {
-                "kind": "sync",
-                "location": "https://mgmt.example.net",
-                "file_sha256": "cd" * 32,
-                "received_at": "2026-11-20T00:00:00Z",
-            },
-        },
-        "previous_policy": None,
-        "trust": {
-            "root_version": 1,
-            "root_expires_at": "2027-11-24T12:00:00Z",
-            "root_keys": ["a" * 64],
-            "root_threshold": 1,
-            "policy_keys": ["b" * 64],
-            "policy_threshold": 1,
-            "revoked_keys": [],
-            "time_high_water": "2026-11-20T00:00:00Z",
-        },
-        "imports": imports or [],
-        "last_cycle": last_cycle,
-        "outbox": {
-            "count": 0,
-            "bytes": 0,
-            "oldest_time": None,
-            "dropped": {},
-            "coalesced": {},
-            "refused": {},
-        },
-        "policy_confirmed_at": confirmed_at,
-        "sync": None,
-    }
+    return state_view(
+        settings=settings,
+        source_kind="sync",
+        confirmed_at=confirmed_at,
+        imports=imports,
+        last_cycle=last_cycle,
+    )
 
 
 def test_health_of_a_healthy_site() -> None:

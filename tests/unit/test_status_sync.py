@@ -14,6 +14,7 @@ import pytest
 
 from edge_agent.clock import UTC, format_time
 from edge_agent.status import Verdict, assess, connectivity, render, report, staleness_of
+from tests.views import state_view
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 SERVER = "https://mgmt.example.net"
@@ -32,50 +33,13 @@ def make_view(
     sync: dict[str, Any] | None = None,
     root_expires_at: str = "2027-11-24T12:00:00Z",
 ) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "policy": {
-            "bundle_id": "hello-web-r7",
-            "revision": 7,
-            "digest": "ab" * 32,
-            "target": {"cluster_id": "site-1"},
-            "issued_at": "2026-11-20T00:00:00Z",
-            "expires_at": "2026-12-20T00:00:00Z",
-            "settings": settings
-            or {"mode": "enforce", "reconcile_interval_s": 60, "sync_interval_s": 300},
-            "layers": [{"name": "base", "manifests": 1, "objects": 2}],
-            "artifacts": [],
-            "source": {
-                "kind": "usb",
-                "location": "/media/usb/hello-web-r7.tar",
-                "file_sha256": "cd" * 32,
-                "received_at": received_at,
-            },
-        },
-        "previous_policy": None,
-        "trust": {
-            "root_version": 1,
-            "root_expires_at": root_expires_at,
-            "root_keys": ["a" * 64],
-            "root_threshold": 1,
-            "policy_keys": ["b" * 64],
-            "policy_threshold": 1,
-            "revoked_keys": [],
-            "time_high_water": "2026-11-20T00:00:00Z",
-        },
-        "imports": [],
-        "last_cycle": None,
-        "outbox": {
-            "count": 0,
-            "bytes": 0,
-            "oldest_time": None,
-            "dropped": {},
-            "coalesced": {},
-            "refused": {},
-        },
-        "policy_confirmed_at": confirmed_at,
-        "sync": sync,
-    }
+    return state_view(
+        settings=settings,
+        received_at=received_at,
+        confirmed_at=confirmed_at,
+        sync=sync,
+        root_expires_at=root_expires_at,
+    )
 
 
 def with_rule(stale_after_s: int, on_stale: str = "report") -> dict[str, Any]:
