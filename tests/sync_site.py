@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_agent.clock import UTC
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.enforcer import run_cycle
@@ -34,15 +32,6 @@ from edge_agent.state import StateStore
 from edge_agent.sync.engine import SyncEngine
 from tests.conftest import BIN, PROFILES, FakeClock, wait_for
 from tests.stub_process import StubProcess
-
-# httpcore's sync backend connects, then sets TCP_NODELAY; when the peer resets the connection
-# in between (the fault proxy does, on purpose) setsockopt raises and the connected socket is
-# left for the garbage collector, which closes it with a ResourceWarning (the same bug as
-# python/cpython#157174 in http.client). Not our socket to close: sync test modules ignore
-# exactly this warning (``pytestmark = IGNORE_HTTPCORE_SOCKET``).
-IGNORE_HTTPCORE_SOCKET = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"
-)
 
 
 @contextlib.contextmanager

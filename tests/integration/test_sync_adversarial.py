@@ -29,12 +29,12 @@ from edge_agent.state import StateStore
 from edge_agent.status import connectivity, report
 from edge_agent.sync.client import Action, SyncClient
 from edge_agent.sync.engine import Outcome, SyncEngine
-from tests.conftest import wait_for
+from tests.conftest import HTTPCORE_SOCKET_LEAKS, wait_for
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess
-from tests.sync_site import IGNORE_HTTPCORE_SOCKET, SyncSite, profiled_stub
+from tests.sync_site import SyncSite, profiled_stub
 
-pytestmark = IGNORE_HTTPCORE_SOCKET
+pytestmark = HTTPCORE_SOCKET_LEAKS
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,12 @@ from edge_agent.sync.client import Action, SyncClient
 from edge_agent.sync.engine import ROTATE_AFTER
 from mgmt_stub.builder import build_bundle
 from mgmt_stub.keys import KeyDirectory
-from tests.conftest import PROFILES, FakeClock
+from tests.conftest import HTTPCORE_SOCKET_LEAKS, PROFILES, FakeClock
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess, profile_body
-from tests.sync_site import IGNORE_HTTPCORE_SOCKET, SyncSite, profiled_stub
+from tests.sync_site import SyncSite, profiled_stub
 
-pytestmark = IGNORE_HTTPCORE_SOCKET
+pytestmark = HTTPCORE_SOCKET_LEAKS
 
 
 @pytest.fixture(scope="module")

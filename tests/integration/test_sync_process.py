@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 
 from edge_agent.outbox import Event
-from tests.conftest import wait_for
+from tests.conftest import HTTPCORE_SOCKET_LEAKS, wait_for
 from tests.faultproxy import FaultProxy
 from tests.stub_process import StubProcess
-from tests.sync_site import IGNORE_HTTPCORE_SOCKET, SyncSite, profiled_stub, server_events
+from tests.sync_site import SyncSite, profiled_stub, server_events
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = IGNORE_HTTPCORE_SOCKET
+pytestmark = HTTPCORE_SOCKET_LEAKS
 
 
 @pytest.fixture(scope="module")

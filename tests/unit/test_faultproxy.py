@@ -19,8 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import HTTPCORE_SOCKET_LEAKS, wait_for
 from tests.faultproxy import FaultProxy, Mode
+
+pytestmark = HTTPCORE_SOCKET_LEAKS
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes, every offset recognisable
 REQUEST = b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n"
