@@ -8,9 +8,18 @@ systemd, or ``Type=simple``) every call does nothing, so the daemon runs the sam
 
 The watchdog is armed only for this process: when ``WATCHDOG_PID`` names another process the
 interval is ignored (sd_watchdog_enabled does the same), and no ``WATCHDOG=1`` is sent without
-``WATCHDOG_USEC``. Sends never block (a full socket queue drops the message) and a send that
-fails is logged once and never raised: the service must not stall or die because its
-supervisor's socket is slow or went away.
+``WATCHDOG_USEC``. One exception, the one-file binary (scripts/build-binary.sh): PyInstaller's
+bootloader is the process systemd started (the main PID, named by ``WATCHDOG_PID``); it
+unpacks the bundle and runs our code in a child it waits for. There the watchdog is ours when
+``WATCHDOG_PID`` is our parent *and* that parent is our bootloader: we are frozen with
+``sys._MEIPASS`` a ``_MEI*`` folder (one-file, not one-folder) and the parent runs the same
+executable file as we do (``/proc/PID/exe``). Never for any other parent. The unit must then
+accept notifications from the child (``NotifyAccess=all``, scripts/edge-agent.service).
+
+Sends never block (a full socket queue drops the message) and a send that fails is logged
+once and never raised: the service must not stall or die because its supervisor's socket is
+slow or went away.
+
 Not here: deciding when the daemon is healthy (``daemon`` does), socket activation.
 """
 
@@ -19,11 +28,45 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 MAX_STATUS_CHARS = 200
+
+
+def watchdog_is_ours(watchdog_pid: str, *, pid: int, bootloader_pid: int | None) -> bool:
+    """Whether systemd's watchdog (``WATCHDOG_PID``, as text; empty when unset) is this
+    process's: unset, our own pid, or the pid of the one-file bootloader that runs us."""
+    if not watchdog_pid:
+        return True
+    if not watchdog_pid.isdigit():
+        return False
+    return int(watchdog_pid) == pid or (
+        bootloader_pid is not None and int(watchdog_pid) == bootloader_pid
+    )
+
+
+def onefile_bootloader_pid(runtime: Any = sys) -> int | None:
+    """The pid of our parent when it is the PyInstaller one-file bootloader that started us,
+    else None. ``runtime`` is the ``sys`` module (its ``frozen`` and ``_MEIPASS``)."""
+    if not getattr(runtime, "frozen", False):
+        return None
+    bundle = getattr(runtime, "_MEIPASS", None)
+    # One-file: the bundle was unpacked into a fresh _MEIxxxxxx folder (one-folder mode
+    # runs from the folder beside the executable, in this very process).
+    if not isinstance(bundle, str) or not os.path.basename(bundle).startswith("_MEI"):
+        return None
+    parent = os.getppid()
+    try:
+        # The same executable file: the running images, not paths (an upgrade that
+        # replaced the file since, or a symlink, cannot confuse it).
+        same = os.path.samefile(f"/proc/{parent}/exe", "/proc/self/exe")
+    except OSError:  # gone, or not ours to look at
+        return None
+    return parent if same else None
 
 
 class Notifier:
@@ -42,7 +85,9 @@ class Notifier:
         usec_text = env.get("WATCHDOG_USEC", "")
         pid_text = env.get("WATCHDOG_PID", "")
         usec = int(usec_text) if usec_text.isdigit() and int(usec_text) > 0 else None
-        if pid_text and (not pid_text.isdigit() or int(pid_text) != os.getpid()):
+        # /proc is read only when WATCHDOG_PID names another process.
+        bootloader = onefile_bootloader_pid() if pid_text not in ("", str(os.getpid())) else None
+        if not watchdog_is_ours(pid_text, pid=os.getpid(), bootloader_pid=bootloader):
             usec = None  # the watchdog is another process's
         return cls(address, watchdog_usec=usec)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,8 +15,13 @@ from pathlib import Path
 import pytest
 
 from edge_agent.daemon import Daemon, _Generation, _Part
-from edge_agent.systemd import MAX_STATUS_CHARS, Notifier
-from tests.conftest import FakeClock, Site
+from edge_agent.systemd import (
+    MAX_STATUS_CHARS,
+    Notifier,
+    onefile_bootloader_pid,
+    watchdog_is_ours,
+)
+from tests.conftest import REPO, FakeClock, Site
 
 
 @pytest.fixture
@@ -64,6 +71,81 @@ def test_the_watchdog_is_armed_only_for_this_process(pid: str | None, armed: boo
         env["WATCHDOG_PID"] = pid
     notifier = Notifier.from_environment(env)
     assert (notifier.watchdog_interval_s == 2.0) is armed
+
+
+def test_our_parent_never_owns_the_watchdog_unless_it_is_our_bootloader() -> None:
+    env = {
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "WATCHDOG_USEC": "4000000",
+        "WATCHDOG_PID": str(os.getppid()),
+    }
+    assert Notifier.from_environment(env).watchdog_interval_s is None  # not frozen
+
+
+@pytest.mark.parametrize(
+    ("watchdog_pid", "bootloader_pid", "ours"),
+    [
+        ("", None, True),  # unset: whoever reads it (sd_watchdog_enabled does the same)
+        ("100", None, True),  # this process
+        ("99", None, False),  # another process, our parent included
+        ("99", 99, True),  # the one-file bootloader that runs us
+        ("98", 99, False),  # any other process, with a bootloader or without
+        ("99x", 99, False),
+        ("-99", 99, False),
+    ],
+)
+def test_the_watchdog_decision(watchdog_pid: str, bootloader_pid: int | None, ours: bool) -> None:
+    assert watchdog_is_ours(watchdog_pid, pid=100, bootloader_pid=bootloader_pid) is ours
+
+
+class Runtime:
+    """Stands in for ``sys`` in onefile_bootloader_pid: the markers PyInstaller sets."""
+
+    def __init__(self, **markers: object) -> None:
+        self.__dict__.update(markers)
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        sys,  # not frozen: this interpreter
+        Runtime(frozen=True),  # no bundle folder
+        Runtime(frozen=True, _MEIPASS="/opt/edge-agent/_internal"),  # one-folder build
+        Runtime(frozen=False, _MEIPASS="/tmp/_MEIabc123"),
+    ],
+)
+def test_no_bootloader_without_the_onefile_markers(runtime: object) -> None:
+    # Our parent runs the same executable in none of these cases either way: it is the
+    # markers that decide here.
+    assert onefile_bootloader_pid(runtime) is None
+
+
+CHILD = (
+    "from tests.unit.test_systemd_notify import Runtime\n"
+    "from edge_agent.systemd import onefile_bootloader_pid\n"
+    "print(onefile_bootloader_pid(Runtime(frozen=True, _MEIPASS='/tmp/_MEIabc123')))\n"
+)
+
+
+def test_the_bootloader_is_a_parent_running_our_executable() -> None:
+    # A real child of this interpreter runs the same executable as its parent (us), as the
+    # one-file child does its bootloader's: with the one-file markers, we are its bootloader.
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert child.stdout.strip() == str(os.getpid())
+
+
+def test_a_parent_running_another_executable_is_not_a_bootloader() -> None:
+    # The same child under a shell that waits for it: the parent is /bin/sh, not us.
+    child = subprocess.run(
+        ["/bin/sh", "-c", '"$0" -c "$1"; exit $?', sys.executable, CHILD],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert child.stdout.strip() == "None"
 
 
 def test_a_gone_socket_is_logged_not_raised(tmp_path: Path) -> None:
