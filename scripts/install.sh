@@ -12,7 +12,8 @@
 #   --root-json FILE  the initial trust root, /etc/edge-agent/root.json (if none yet)
 #   --root DIR        install below DIR instead of / (images, tests); no user, no systemctl
 #   --no-systemctl    do not run systemctl (daemon-reload, enable --now / disable --now)
-#   --uninstall       remove the binary and the unit; keep config and state (/var/lib/edge-agent)
+#   --uninstall       remove the binary, the unit and the binary's unpack folder
+#                     (/var/cache/edge-agent); keep config and state (/var/lib/edge-agent)
 #   --purge           with --uninstall: remove config and state too (the trust state is lost)
 set -euo pipefail
 
@@ -39,6 +40,7 @@ bin_dst=$root/usr/local/bin/edge-agent
 unit_dst=$root/etc/systemd/system/edge-agent.service
 etc=$root/etc/edge-agent
 state=$root/var/lib/edge-agent
+cache=$root/var/cache/edge-agent  # the unit's CacheDirectory: where the binary unpacks itself
 [ "$root" = / ] || systemctl=
 say() { echo "install.sh: $*"; }
 
@@ -49,6 +51,7 @@ run_systemctl() {
 if [ -n "$uninstall" ]; then
   run_systemctl disable --now edge-agent.service || true
   rm -f "$bin_dst" "$unit_dst"
+  rm -rf "$cache"
   run_systemctl daemon-reload || true
   if [ -n "$purge" ]; then
     rm -rf "$etc" "$state"

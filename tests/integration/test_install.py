@@ -58,11 +58,14 @@ def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path) -> None:
     state.mkdir(parents=True)
     (state / "keep-me").write_text("trust state")
     (root / "etc/edge-agent/config.yaml").write_text("cluster_id: x\n")
+    unpacked = root / "var/cache/edge-agent/_MEIabc123"  # the binary's, left by a kill -9
+    unpacked.mkdir(parents=True)
 
     removed = install(root, "--uninstall")
     assert removed.returncode == 0, removed.stderr
     assert not (root / "usr/local/bin/edge-agent").exists()
     assert not (root / "etc/systemd/system/edge-agent.service").exists()
+    assert not (root / "var/cache/edge-agent").exists()
     assert (state / "keep-me").exists() and (root / "etc/edge-agent/config.yaml").exists()
 
     purged = install(root, "--uninstall", "--purge")
