@@ -29,6 +29,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+for tool in objdump strip ldd; do
+  command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing (Debian: apt-get install binutils libc-bin)"
+done
 scripts/setup.sh || fail "scripts/setup.sh failed"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
