@@ -12,11 +12,18 @@ Exit codes (docs/cli.md is the reference):
                                 configuration error (also: no sync section), 4 state store
                                 error, 5 the server did not answer (--once)
     status                      0 healthy, 1 degraded, 2 failing, 3 not initialised
+    export-status               0 written, 2 usage or configuration error, 4 state store error,
+                                6 the folder is missing, read-only or full (nothing recorded)
+    receipt                     0 checked (whether or not a report was waiting on it),
+                                1 the receipt does not verify or is for another cluster,
+                                2 usage or configuration error, 4 state store error
+    agent-key                   0 printed, 2 configuration error, 4 state store error
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -38,7 +45,7 @@ from edge_agent.config import (
     load_config,
 )
 from edge_agent.errors import BundleError, ConfigError, StateError, TargetUnavailableError
-from edge_agent.importer import import_dropped_file, import_file, verify_file
+from edge_agent.importer import import_file, verify_file
 from edge_agent.logs import FORMATS as LOG_FORMATS
 from edge_agent.logs import configure as configure_logs
 from edge_agent.state import ROOT_MAX_BYTES, StateStore
@@ -51,6 +58,7 @@ EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_STATE = 4
 EXIT_UNAVAILABLE = 5  # enforce --once: the target (cluster API, manifest folder) is unreachable
+EXIT_NOT_WRITTEN = 6  # export-status: the report could not be written
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits EX_SOFTWARE)
 
 
@@ -91,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _hold(config, clock, args.reason, as_json=args.json)
         if args.command == "release":
             return _release(config, clock, as_json=args.json)
+        if args.command == "export-status":
+            return _export_status(config, Path(args.folder), clock, as_json=args.json)
+        if args.command == "receipt":
+            return _receipt(config, Path(args.file), clock, as_json=args.json)
+        if args.command == "agent-key":
+            return _agent_key(config, clock, as_json=args.json)
         return _watch(config, clock)
     except ConfigError as exc:
         _fail(str(exc), as_json=as_json, result="config-error")
@@ -154,6 +168,22 @@ def _parser() -> argparse.ArgumentParser:
         "release", help="lift the hold; apply what waits, if its time has come"
     )
     release.add_argument("--json", action="store_true")
+    export = commands.add_parser(
+        "export-status",
+        help="write a signed status report (health, queued events, imports) into a folder",
+    )
+    export.add_argument("folder", metavar="DIR", help="where to write it (a USB stick, say)")
+    export.add_argument("--json", action="store_true")
+    receipt = commands.add_parser(
+        "receipt", help="take management's receipt for status reports: their events are delivered"
+    )
+    receipt.add_argument("file")
+    receipt.add_argument("--json", action="store_true")
+    agent_key = commands.add_parser(
+        "agent-key",
+        help="print this agent's public key (mgmt-stub cluster register --agent-key)",
+    )
+    agent_key.add_argument("--json", action="store_true")
     commands.add_parser(
         "run",
         help="the daemon: enforce, sync and watch drop folders in one process (systemd notify)",
@@ -279,16 +309,20 @@ def _status(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
 
 
 def _watch(config: AgentConfig, clock: Clock) -> int:
-    from edge_agent.watch import DropWatcher
+    from edge_agent.report import RECEIPT_SUFFIX
+    from edge_agent.usb import take_dropped_file
+    from edge_agent.watch import DEFAULT_SUFFIXES, DropWatcher
 
     if not config.drop_folders:
         raise ConfigError(f"config: drop_folders is empty; nothing to watch ({config.state_dir})")
     store = _open_store(config, clock)
 
-    def on_bundle(path: Path) -> bool:
-        return import_dropped_file(path, store=store, config=config, clock=clock)
+    def on_file(path: Path) -> bool:
+        return take_dropped_file(path, store=store, config=config, clock=clock)
 
-    watcher = DropWatcher(config.drop_folders, on_bundle)
+    watcher = DropWatcher(
+        config.drop_folders, on_file, suffixes=(*DEFAULT_SUFFIXES, RECEIPT_SUFFIX)
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -408,6 +442,7 @@ def _sync(config: AgentConfig, clock: Clock, *, once: bool, as_json: bool) -> in
 def _enroll(config: AgentConfig, clock: Clock, args: argparse.Namespace) -> int:
     from edge_agent.sync.client import SyncClient
     from edge_agent.sync.errors import Refused, SyncError
+    from edge_agent.usb import agent_public_key
 
     sync = config.sync
     server = args.server or (sync.server if sync else None)
@@ -434,7 +469,12 @@ def _enroll(config: AgentConfig, clock: Clock, args: argparse.Namespace) -> int:
                 timeout_s=settings.timeout_s,
                 clock=clock,
             ) as client:
-                credential = client.enroll(token, config.cluster_id, config.labels)
+                credential = client.enroll(
+                    token,
+                    config.cluster_id,
+                    config.labels,
+                    agent_key=base64.b64encode(agent_public_key(store)).decode("ascii"),
+                )
         except Refused as exc:
             _fail(f"refused: {exc}", as_json=args.json, result="refused")
             return EXIT_REJECTED
@@ -495,6 +535,67 @@ def _describe(bundle: VerifiedBundle) -> str:
     meta = bundle.metadata
     layers = ", ".join(f"{layer.name} ({layer.object_count})" for layer in bundle.layers)
     return f"bundle {meta.bundle_id} revision {meta.revision} for {meta.target.describe()}; layers {layers}"
+
+
+def _export_status(config: AgentConfig, folder: Path, clock: Clock, *, as_json: bool) -> int:
+    from edge_agent.usb import ExportError, export_status
+
+    with _open_store(config, clock) as store:
+        try:
+            exported = export_status(store, config, folder, clock)
+        except ExportError as exc:
+            _fail(str(exc), as_json=as_json, result="not-written")
+            return EXIT_NOT_WRITTEN
+    _emit(
+        {
+            "result": "written",
+            "path": str(exported.path),
+            "report_id": exported.report_id,
+            "events": exported.events,
+            "bytes": exported.size,
+        },
+        as_json,
+        f"status report {exported.report_id} written to {exported.path} "
+        f"({exported.events} queued events carried; they stay queued until management's "
+        "receipt comes back)",
+    )
+    return EXIT_OK
+
+
+def _receipt(config: AgentConfig, path: Path, clock: Clock, *, as_json: bool) -> int:
+    from edge_agent.report import ReportError
+    from edge_agent.usb import accept_receipt, read_receipt
+
+    try:
+        data = read_receipt(path)
+    except OSError as exc:
+        raise ConfigError(f"receipt {path} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    with _open_store(config, clock) as store:
+        try:
+            done = accept_receipt(store, config, data)
+        except ReportError as exc:
+            _fail(f"rejected: {exc}", as_json=as_json, result="rejected")
+            return EXIT_REJECTED
+    _emit(
+        {"result": "accepted", "report_ids": done.report_ids, "delivered": done.delivered},
+        as_json,
+        f"receipt accepted: {len(done.report_ids)} reports acknowledged, "
+        f"{done.delivered} queued events delivered"
+        if done.report_ids
+        else "receipt accepted: no report was waiting on it",
+    )
+    return EXIT_OK
+
+
+def _agent_key(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
+    from edge_agent.usb import agent_public_key
+
+    with _open_store(config, clock) as store:
+        public = base64.b64encode(agent_public_key(store)).decode("ascii")
+    _emit({"cluster_id": config.cluster_id, "agent_key": public}, as_json, public)
+    return EXIT_OK
 
 
 def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:

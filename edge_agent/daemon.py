@@ -237,15 +237,24 @@ class Daemon:
         self._spawn(generation, "sync", lambda: engine.run(generation.stop))
 
     def _start_watch(self, generation: _Generation) -> None:
-        from edge_agent.importer import import_dropped_file
-        from edge_agent.watch import DropWatcher
+        from edge_agent.report import RECEIPT_SUFFIX
+        from edge_agent.usb import export_on_arrival, take_dropped_file
+        from edge_agent.watch import DEFAULT_SUFFIXES, DropWatcher
 
         config, store = generation.config, generation.store
 
-        def on_bundle(path: Path) -> bool:
-            return import_dropped_file(path, store=store, config=config, clock=self._clock)
+        def on_file(path: Path) -> bool:
+            return take_dropped_file(path, store=store, config=config, clock=self._clock)
 
-        watcher = DropWatcher(config.drop_folders, on_bundle)
+        def on_arrival(folder: Path) -> None:
+            export_on_arrival(folder, store=store, config=config, clock=self._clock)
+
+        watcher = DropWatcher(
+            config.drop_folders,
+            on_file,
+            suffixes=(*DEFAULT_SUFFIXES, RECEIPT_SUFFIX),
+            on_arrival=on_arrival,
+        )
         generation.stop_requests.append(watcher.request_stop)
         self._spawn(generation, "watch", lambda: _watch(watcher, generation.stop))
 

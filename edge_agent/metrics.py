@@ -138,6 +138,22 @@ def render(view: Mapping[str, Any], now: dt.datetime) -> str:
             help_text,
             [({"type": str(t)}, n) for t, n in sorted(counts.items())],
         )
+    reports = view.get("reports")
+    if isinstance(reports, list):
+        out.metric(
+            "usb_reports_unacknowledged",
+            "gauge",
+            "status reports written to USB media whose receipt has not come back",
+            [({}, len(reports))],
+        )
+        ages = [a for a in (_age(r.get("created_at"), now) for r in reports) if a is not None]
+        if ages:
+            out.metric(
+                "usb_report_oldest_age_seconds",
+                "gauge",
+                "age of the oldest status report still waiting for its receipt",
+                [({}, round(max(ages)))],
+            )
     cycle = view.get("last_cycle") or {}
     if cycle:
         counts = cycle.get("counts") or {}

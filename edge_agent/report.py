@@ -10,13 +10,26 @@ A report is a DSSE envelope (the same envelope as a bundle's metadata) whose pay
 It is signed by the agent's own Ed25519 key, whose public half the agent presented at
 enrollment (or an operator registered). Events carry the same fields as an online event
 batch and are deduplicated by id the same way. The agent writes reports (``sign_report``),
-the management stub reads them (``verify_report``): one format, one module. Pure: no I/O,
-no clock.
+the management stub reads them (``verify_report``).
+
+The way back is a **receipt**: a DSSE envelope of payload type ``RECEIPT_PAYLOAD_TYPE``
+whose canonical JSON payload names the reports management has recorded::
+
+    {"_type": "report-receipt", "format_version": 1, "cluster_id": "...",
+     "issued_at": "YYYY-MM-DDTHH:MM:SSZ", "report_ids": ["...", ...]}
+
+signed by the policy role's keys (the keys that sign bundles, threshold included), so the
+agent checks it against the root it already trusts. Only then are the events a report
+carried marked delivered. A receipt changes nothing but the outbox: a forged or replayed
+one can at most acknowledge what management really recorded.
+
+One format, one module: pure, no I/O, no clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +51,18 @@ from edge_agent.errors import BundleError
 STATUS_REPORT_PAYLOAD_TYPE = "application/vnd.edge-agent.status-report+json; version=1"
 REPORT_TYPE = "status-report"
 MAX_REPORT_BYTES = 32 << 20
+RECEIPT_PAYLOAD_TYPE = "application/vnd.edge-agent.report-receipt+json; version=1"
+RECEIPT_TYPE = "report-receipt"
+MAX_RECEIPT_BYTES = 1 << 20
+MAX_RECEIPT_IDS = 1000
+REPORT_SUFFIX = ".report"
+RECEIPT_SUFFIX = ".receipt"
+_REPORT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ReportError(Exception):
-    """The report is malformed, not for this cluster, or its signature does not verify."""
+    """The report or receipt is malformed, not for this cluster, or its signature does not
+    verify."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +141,83 @@ def verify_report(data: bytes, *, agent_key: bytes) -> StatusReport:
         if not isinstance(doc[name], str):
             raise ReportError(f"status report: {name} must be a string")
     return StatusReport(doc["cluster_id"], doc["report_id"], doc["created_at"], doc["events"])
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    cluster_id: str
+    issued_at: str
+    report_ids: tuple[str, ...]
+
+
+def report_file_name(cluster_id: str, report_id: str) -> str:
+    return f"edge-status-{cluster_id}-{report_id}{REPORT_SUFFIX}"
+
+
+def receipt_file_name(cluster_id: str) -> str:
+    return f"edge-receipt-{cluster_id}{RECEIPT_SUFFIX}"
+
+
+def receipt_payload(
+    cluster_id: str, report_ids: Sequence[str], issued_at: str
+) -> tuple[str, bytes]:
+    """``(payload type, payload)`` of a receipt, for the management side to sign."""
+    ids = list(report_ids)[-MAX_RECEIPT_IDS:]
+    payload = canonical.encode(
+        {
+            "_type": RECEIPT_TYPE,
+            "format_version": 1,
+            "cluster_id": cluster_id,
+            "issued_at": issued_at,
+            "report_ids": ids,
+        }
+    )
+    return RECEIPT_PAYLOAD_TYPE, payload
+
+
+def verify_receipt(
+    data: bytes,
+    *,
+    cluster_id: str,
+    keys: Mapping[str, bytes],
+    role: Role,
+    revoked: frozenset[str] = frozenset(),
+) -> Receipt:
+    """Check the receipt's signatures against the trusted policy role before reading it, and
+    that it is for ``cluster_id``; return it."""
+    try:
+        envelope = parse_envelope(data, what="receipt", max_bytes=MAX_RECEIPT_BYTES)
+        verify_envelope(
+            envelope,
+            what="receipt",
+            expected_type=RECEIPT_PAYLOAD_TYPE,
+            keys=keys,
+            role=role,
+            revoked=revoked,
+        )
+        doc = canonical.decode(envelope.payload, max_bytes=MAX_RECEIPT_BYTES)
+    except BundleError as exc:
+        raise ReportError(str(exc)) from None
+    if not isinstance(doc, Mapping):
+        raise ReportError("receipt: payload is not an object")
+    expected = {"_type", "format_version", "cluster_id", "issued_at", "report_ids"}
+    if set(doc) != expected:
+        raise ReportError(f"receipt: fields must be exactly {', '.join(sorted(expected))}")
+    if doc["_type"] != RECEIPT_TYPE or doc["format_version"] != 1:
+        raise ReportError("receipt: not a format_version 1 report-receipt")
+    if doc["cluster_id"] != cluster_id:
+        raise ReportError(
+            f"receipt: it is for cluster {str(doc['cluster_id'])[:64]!r}, this is {cluster_id!r}"
+        )
+    ids = doc["report_ids"]
+    if (
+        not isinstance(ids, list)
+        or len(ids) > MAX_RECEIPT_IDS
+        or not all(isinstance(i, str) and _REPORT_ID.fullmatch(i) for i in ids)
+    ):
+        raise ReportError(
+            f"receipt: report_ids must be a list of at most {MAX_RECEIPT_IDS} report ids"
+        )
+    if not isinstance(doc["issued_at"], str):
+        raise ReportError("receipt: issued_at must be a string")
+    return Receipt(doc["cluster_id"], doc["issued_at"], tuple(ids))

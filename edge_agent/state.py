@@ -53,6 +53,12 @@ Keys and what they hold (all JSON):
     actions/meta        the action journal's next sequence, oldest kept sequence, open ids
     actions/id/<id>     one action: type, sequence, begun_at, finished_at, outcome, detail
     actions/seq/<seq>   the action id begun at that sequence (to list and prune in order)
+    agent/key           the agent's own Ed25519 private key (raw, base64), made on first use;
+                        it signs status reports carried out by USB. Secret: never in
+                        ``view()``, the snapshot or a log line
+    reports/carried     status reports written and not yet acknowledged, newest last (at most
+                        MAX_CARRIED_REPORTS): report id, created_at, where it was written and
+                        the outbox sequences of the events it carries
 
 The outbox is a queue of events for the management server (policy: ``edge_agent.outbox``).
 Every operation touches the meta key and the pages of the events it handles (one store
@@ -132,6 +138,7 @@ ACTION_JOURNAL_KEEP = 10_000
 ACTION_JOURNAL_KEEP_DAYS = 90
 INTERRUPTED = "interrupted"
 ROOT_MAX_BYTES = 1 << 20
+MAX_CARRIED_REPORTS = 50
 
 #: diskcache settings that make it a store of record; checked by the tests.
 STORE_SETTINGS: Mapping[str, Any] = {
@@ -167,6 +174,8 @@ _K_SUMMARY_PENDING = "summary/pending"
 _K_HOLD = "control/hold"
 _K_OUTBOX = "outbox/meta"
 _K_ACTIONS = "actions/meta"
+_K_AGENT_KEY = "agent/key"
+_K_CARRIED = "reports/carried"
 
 
 def _k_outbox_page(page: int) -> str:
@@ -802,6 +811,70 @@ class StateStore:
             meta["head_page"] += 1
         self._cache.set(_K_OUTBOX, meta)
 
+    # -- the agent's key and carried status reports ----------------------------------------
+    def agent_key(self) -> bytes:
+        """The agent's Ed25519 private key (32 raw bytes), made and kept on first use.
+
+        Made inside one transaction with the check that none exists, so two processes asking
+        at once get the same key. Secret: callers must never log it.
+        """
+        with self._write("reading the agent key"), self._cache.transact():
+            held = self._cache.get(_K_AGENT_KEY)
+            if held is None:
+                held = _b64(os.urandom(32))
+                self._cache.set(_K_AGENT_KEY, held)
+        try:
+            raw = base64.b64decode(held, validate=True)
+        except (TypeError, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise StateCorruptError(f"state store {self.state_dir}: the agent key is unreadable")
+        return raw
+
+    def has_agent_key(self) -> bool:
+        return self._get(_K_AGENT_KEY) is not None
+
+    def record_report(
+        self, report_id: str, *, created_at: dt.datetime, where: str, seqs: Sequence[int]
+    ) -> None:
+        """Remember a report written to ``where`` carrying the queued events ``seqs``: they
+        stay queued until management acknowledges the report (``acknowledge_reports``)."""
+        entry = {
+            "report_id": report_id,
+            "created_at": format_time(created_at),
+            "where": where,
+            "seqs": sorted(int(s) for s in seqs),
+        }
+        with self._write("recording a status report"), self._cache.transact():
+            carried = [r for r in self.carried_reports() if r["report_id"] != report_id]
+            carried.append(entry)
+            self._cache.set(_K_CARRIED, carried[-MAX_CARRIED_REPORTS:])
+
+    def carried_reports(self) -> list[dict[str, Any]]:
+        """Reports written and not yet acknowledged, oldest first."""
+        value = self._get(_K_CARRIED)
+        return [dict(r) for r in value] if isinstance(value, list) else []
+
+    def acknowledge_reports(self, report_ids: Iterable[str]) -> tuple[list[str], int]:
+        """Management has the reports ``report_ids``: remove the events they carried from the
+        outbox (delivered) and forget the reports, in one transaction. Ids of reports not
+        carried (already acknowledged, or from another store) are ignored. Returns the
+        report ids acknowledged and how many queued events that delivered."""
+        wanted = set(report_ids)
+        with self._write("acknowledging status reports"), self._cache.transact():
+            carried = self.carried_reports()
+            done = [r for r in carried if r["report_id"] in wanted]
+            if not done:
+                return [], 0
+            meta = self._outbox_meta()
+            before = sum(u["count"] for u in meta["types"].values())
+            pages = _Pages(self._cache)
+            self._outbox_remove(meta, pages, sorted({int(s) for r in done for s in r["seqs"]}))
+            self._outbox_save(meta, pages)
+            delivered = before - sum(u["count"] for u in meta["types"].values())
+            self._cache.set(_K_CARRIED, [r for r in carried if r["report_id"] not in wanted])
+        return [r["report_id"] for r in done], delivered
+
     # -- action journal ----------------------------------------------------------------
     def action_begin(self, action_id: str, action_type: str, *, now: dt.datetime) -> bool:
         """Record ``action_id`` as begun; False if it was ever begun before (do not run it).
@@ -926,6 +999,10 @@ class StateStore:
             "outbox": self.outbox_stats(),
             "policy_confirmed_at": self._get(_K_CONFIRMED),
             "sync": self._sync_view(),
+            "reports": [
+                {k: r[k] for k in ("report_id", "created_at", "where")} | {"events": len(r["seqs"])}
+                for r in self.carried_reports()
+            ],
         }
 
     def _sync_view(self) -> dict[str, Any] | None:

@@ -229,6 +229,14 @@ def render(doc: Mapping[str, Any]) -> str:
     if policy and staleness and staleness.get("stale_after_s"):
         lines.append(f"staleness    {_staleness_line(staleness)}")
     lines += _sync_lines(doc)
+    reports = doc.get("reports") or []
+    if reports:
+        newest = reports[-1]
+        lines.append(
+            f"usb out      {len(reports)} status report{'s' if len(reports) != 1 else ''} "
+            f"awaiting management's receipt; newest {newest['report_id']} "
+            f"({newest['events']} events) to {newest['where']}"
+        )
     last_cycle = doc.get("last_cycle")
     if last_cycle:
         lines.append(

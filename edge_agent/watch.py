@@ -222,9 +222,15 @@ class DropWatcher:
         mountinfo_path: Path = MOUNTINFO_PATH,
         poll_interval_s: float = 2.0,
         suffixes: Sequence[str] = DEFAULT_SUFFIXES,
+        on_arrival: Callable[[Path], None] | None = None,
     ) -> None:
         """``poll_interval_s``: how long a mount or a new folder may go unnoticed; 2 s is
-        quick enough for a person waiting at a USB port and costs one small file read."""
+        quick enough for a person waiting at a USB port and costs one small file read.
+
+        ``on_arrival(folder)`` is called (on the polling thread, after the folder's scan)
+        when a matching folder appears after the first poll, or is replaced by another
+        directory at the same path (another device or inode: a stick plugged in). Not for a
+        mount-table change alone: on a Kubernetes node pods mount volumes all the time."""
         for pattern in patterns:
             if not os.path.isabs(pattern):
                 raise ConfigError(f"drop folder pattern {pattern!r}: expected an absolute path")
@@ -237,6 +243,8 @@ class DropWatcher:
         self._mountinfo_path = mountinfo_path
         self.poll_interval_s = poll_interval_s
         self._suffixes = tuple(suffixes)
+        self._on_arrival = on_arrival
+        self._polled = False  # folders found by the first poll were there before us
 
         self._handler = _Events(self._offer)
         self._observer: InotifyObserver | None = None  # created by start()
@@ -251,6 +259,7 @@ class DropWatcher:
         self._watched: dict[Path, _Watched] = {}
         self._unwatchable: set[Path] = set()  # folders whose watch failed, to warn once
         self._mounts: tuple[MountPoint, ...] | None = None  # None: not read yet
+        self._changed_mounts: frozenset[str] = frozenset()  # by the last poll
         self._mountinfo_unreadable = False
         self._mount_events: select.poll | None = None
         self._mount_events_fd: int | None = None
@@ -350,6 +359,7 @@ class DropWatcher:
             live = {emitter.watch for emitter in observer.emitters if emitter.is_alive()}
 
             to_scan: list[Path] = []
+            arrived: list[Path] = []
             for folder, watched in list(self._watched.items()):
                 identity = folders.get(folder)
                 if identity is None:
@@ -360,18 +370,35 @@ class DropWatcher:
                     if self._watch(observer, folder, identity):
                         log.debug("drop folder %s watched afresh", folder)
                         to_scan.append(folder)
+                        if identity != watched.identity or self._mounted_at(folder):
+                            arrived.append(folder)
             for folder, identity in folders.items():
                 if folder not in self._watched and self._watch(observer, folder, identity):
                     log.info("drop folder %s watched", folder)
                     to_scan.append(folder)
+                    if self._polled:
+                        arrived.append(folder)
+            if not self._polled:
+                log.info(
+                    "watching drop folders %s (%d present now)",
+                    ", ".join(self._patterns),
+                    len(self._watched),
+                )
+            self._polled = True
 
         # Outside the poll lock, so that stop() need not wait for a whole scan; on_bundle is
         # still serialised with events by the offer lock.
         for folder in to_scan:
             self._scan(folder)
+            if folder in arrived and self._on_arrival is not None and not self.stop_requested:
+                try:
+                    self._on_arrival(folder)
+                except Exception:
+                    log.exception("drop folder %s: arrival not handled", folder)
 
     def _check_mounts(self) -> bool:
         """True when the mount table changed since the last poll (never on the first one)."""
+        self._changed_mounts = frozenset()
         signalled = self._mount_table_signalled()
         try:
             mounts = parse_mountinfo(os.fsdecode(self._mountinfo_path.read_bytes()))
@@ -385,11 +412,17 @@ class DropWatcher:
         if previous is None:
             return False
         changed = changed_mount_points(previous, mounts)
+        self._changed_mounts = changed
         if changed:
             log.debug("mount table changed at %s", ", ".join(sorted(changed)))
         elif signalled:
             log.debug("mount table changed (and maybe back) since the last poll")
         return bool(changed) or signalled
+
+    def _mounted_at(self, folder: Path) -> bool:
+        """True when the last poll saw a mount change at ``folder`` or above it (not ``/``):
+        a stick mounted again, whatever device and inode numbers it got."""
+        return any(point != "/" and folder.is_relative_to(point) for point in self._changed_mounts)
 
     def _mount_table_signalled(self) -> bool:
         """True when the kernel flagged a mount-table change on our mountinfo handle.

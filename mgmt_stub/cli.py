@@ -28,7 +28,8 @@ The operator commands talk to a running server's admin API (``mgmt_stub.client``
     mgmt-stub action queue TYPE (--selector K=V,.. | --cluster ID) [--param K=V]...
     mgmt-stub action list [--cluster ID]
     mgmt-stub bundle export (--cluster ID | --selector K=V,..) -o FILE | list
-    mgmt-stub ingest FILE
+    mgmt-stub ingest FILE [--receipt OUT | --no-receipt]
+    mgmt-stub cluster receipt ID -o FILE
     mgmt-stub audit [--limit N]
 
 Each takes ``--server URL`` (default ``$MGMT_STUB_URL``, else http://127.0.0.1:8700),
@@ -43,6 +44,7 @@ server did not answer. The credential is never printed; the secrets ``token crea
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -56,6 +58,8 @@ from urllib.parse import urlsplit
 from edge_agent.bundle.model import is_valid_cluster_id, is_valid_label
 from edge_agent.clock import SystemClock, format_time
 from edge_agent.errors import EdgeAgentError
+from edge_agent.files import atomic_write
+from edge_agent.report import receipt_file_name
 from mgmt_stub.builder import ProfileError, build_bundle
 from mgmt_stub.client import (
     DEFAULT_SERVER,
@@ -908,6 +912,23 @@ def _ingest(client: AdminClient, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise LocalError(f"cannot read {path}: {exc.strerror or exc}") from None
     doc = client.ingest(data)
+    receipt = base64.b64decode(doc.pop("receipt"))
+    written: Path | None = None
+    if not args.no_receipt:
+        written = (
+            Path(args.receipt)
+            if args.receipt
+            else path.with_name(receipt_file_name(str(doc["cluster_id"])))
+        )
+        try:
+            atomic_write(written, receipt, mode=0o644)
+        except OSError as exc:
+            raise LocalError(
+                f"report {doc['report_id']} ingested, but its receipt was not written to "
+                f"{written}: {exc.strerror or exc}; write it with: mgmt-stub cluster receipt "
+                f"{doc['cluster_id']} -o FILE"
+            ) from None
+    doc["receipt_file"] = str(written) if written else None
     if args.json:
         _print_json(doc)
         return 0
@@ -916,6 +937,22 @@ def _ingest(client: AdminClient, args: argparse.Namespace) -> int:
         f"report {_cell(doc['report_id'])} from cluster {_cell(doc['cluster_id'])}{again}: "
         f"{doc['accepted']} new event(s), {doc['duplicates']} duplicate(s)"
     )
+    if written:
+        print(f"receipt written to {written}: take it back to the site with the next bundle")
+    return 0
+
+
+def _cluster_receipt(client: AdminClient, args: argparse.Namespace) -> int:
+    receipt = client.receipt(args.cluster_id)
+    output = Path(args.output)
+    try:
+        atomic_write(output, receipt, mode=0o644)
+    except OSError as exc:
+        raise LocalError(f"cannot write {output}: {exc.strerror or exc}") from None
+    if args.json:
+        _print_json({"cluster_id": args.cluster_id, "path": str(output), "size": len(receipt)})
+    else:
+        print(f"receipt for {args.cluster_id} written to {output}")
     return 0
 
 
@@ -1000,6 +1037,11 @@ def _admin_parsers(areas: Any, bundle: Any) -> None:
     label = command(cluster, "label", _cluster_label, "replace a cluster's labels")
     label.add_argument("cluster_id")
     label.add_argument("labels", type=_labels_arg, metavar="K=V,..", help="'' removes all")
+    receipt = command(
+        cluster, "receipt", _cluster_receipt, "write the receipt for its ingested status reports"
+    )
+    receipt.add_argument("cluster_id")
+    receipt.add_argument("-o", "--output", required=True, metavar="FILE")
     command(cluster, "revoke", _cluster_revoke, "revoke a cluster's credentials").add_argument(
         "cluster_id"
     )
@@ -1061,6 +1103,14 @@ def _admin_parsers(areas: Any, bundle: Any) -> None:
     ingest = areas.add_parser("ingest", help="upload a signed status report", parents=[common])
     ingest.set_defaults(handler=_ingest)
     ingest.add_argument("file", metavar="FILE")
+    where = ingest.add_mutually_exclusive_group()
+    where.add_argument(
+        "--receipt",
+        metavar="OUT",
+        help="where to write the signed receipt the site needs back "
+        "(default: edge-receipt-CLUSTER.receipt beside FILE)",
+    )
+    where.add_argument("--no-receipt", action="store_true", help="do not write the receipt")
     audit = areas.add_parser("audit", help="the audit log (admin)", parents=[common])
     audit.set_defaults(handler=_audit)
     audit.add_argument("--limit", type=int, default=50, help="newest N records (default 50)")

@@ -22,6 +22,7 @@ store, or against ``ca_file`` when given. Redirects are not followed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -359,6 +360,11 @@ class AdminClient:
     def ingest(self, report: bytes) -> dict[str, Any]:
         headers = {"Content-Type": "application/octet-stream"}
         return dict(self._call("POST", "/v1/admin/ingest", content=report, headers=headers))
+
+    def receipt(self, cluster_id: str) -> bytes:
+        """The signed receipt naming the cluster's ingested status reports."""
+        doc = self._call("GET", f"/v1/admin/clusters/{_seg(cluster_id)}/receipt")
+        return base64.b64decode(doc["receipt"])
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/admin/audit", params={"limit": limit})["audit"])

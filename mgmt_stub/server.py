@@ -14,6 +14,7 @@ memory only, apart from SQLite reads that are cached.
 """
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -258,6 +259,7 @@ CONTRACT: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/v1/admin/clusters"): (401, 422),
     ("POST", "/v1/admin/clusters"): (401, 403, 409, *_JSON_BODY),
     ("GET", "/v1/admin/clusters/{cluster_id}"): (401, 404, 422),
+    ("GET", "/v1/admin/clusters/{cluster_id}/receipt"): (401, 404, 422),
     ("PUT", "/v1/admin/clusters/{cluster_id}/labels"): (401, 403, 404, *_JSON_BODY),
     ("POST", "/v1/admin/clusters/{cluster_id}/revoke"): (401, 403, 404, 422),
     ("GET", "/v1/admin/profiles"): (401,),
@@ -644,6 +646,16 @@ def create_app(
         return _with_connectivity(
             service.register_cluster(who.name, body.cluster_id, body.labels, body.agent_key)
         )
+
+    @admin.get("/clusters/{cluster_id}/receipt")
+    async def cluster_receipt(
+        _: Viewer, cluster_id: Annotated[str, PathParam(max_length=253)]
+    ) -> dict[str, Any]:
+        service.cluster(cluster_id)  # 404 for an unknown cluster
+        receipt = service.receipt(cluster_id)
+        if receipt is None:
+            raise Problem(404, "not-found", f"no status report of {cluster_id!r} was ingested")
+        return {"cluster_id": cluster_id, "receipt": base64.b64encode(receipt).decode("ascii")}
 
     @admin.get("/clusters/{cluster_id}")
     async def show_cluster(

@@ -38,10 +38,16 @@ from typing import Any
 from edge_agent.bundle.model import is_valid_cluster_id, is_valid_label
 from edge_agent.clock import Clock, SystemClock, format_time, parse_time
 from edge_agent.files import fsync_dir
-from edge_agent.report import ReportError, report_cluster, verify_report
+from edge_agent.report import (
+    MAX_RECEIPT_IDS,
+    ReportError,
+    receipt_payload,
+    report_cluster,
+    verify_report,
+)
 from mgmt_stub import credentials as creds
 from mgmt_stub.builder import ProfileError, build_bundle
-from mgmt_stub.keys import KeyDirectory
+from mgmt_stub.keys import KeyDirectory, sign_envelope
 from mgmt_stub.rollout import (
     IMMEDIATE,
     AssignmentRef,
@@ -590,13 +596,25 @@ class ManagementService:
                 report.cluster_id,
                 {"report_id": report.report_id, "accepted": accepted, "duplicates": duplicates},
             )
+        receipt = self.receipt(report.cluster_id)
+        assert receipt is not None  # this report was just recorded
         return {
             "cluster_id": report.cluster_id,
             "report_id": report.report_id,
             "new_report": new,
             "accepted": accepted,
             "duplicates": duplicates,
+            "receipt": base64.b64encode(receipt).decode("ascii"),
         }
+
+    def receipt(self, cluster_id: str) -> bytes | None:
+        """A receipt naming the cluster's newest ingested reports, signed by the policy
+        role's keys (the agent checks it with the root it trusts); None before any report."""
+        ids = self.db.report_ids(cluster_id, MAX_RECEIPT_IDS)
+        if not ids:
+            return None
+        payload_type, payload = receipt_payload(cluster_id, ids, now_text(self.clock))
+        return sign_envelope(payload_type, payload, self.keys.policy_signers())
 
     # -- profiles ------------------------------------------------------------------------
     def put_profile(self, actor: str, name: str, doc: Mapping[str, Any]) -> tuple[Row, bool]:

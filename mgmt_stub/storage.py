@@ -430,6 +430,15 @@ class Storage:
             (cluster_id, limit),
         )
 
+    def report_ids(self, cluster_id: str, limit: int) -> list[str]:
+        """The ids of the newest ``limit`` reports ingested for a cluster, newest last."""
+        rows = self._db.execute(
+            "SELECT report_id FROM reports WHERE cluster_id = ? "
+            "ORDER BY created_at DESC, report_id DESC LIMIT ?",
+            (cluster_id, limit),
+        ).fetchall()
+        return [str(r["report_id"]) for r in reversed(rows)]
+
     def add_report(self, cluster_id: str, report_id: str, created_at: str, at: str, n: int) -> bool:
         cur = self._db.execute(
             "INSERT OR IGNORE INTO reports VALUES (?,?,?,?,?)",

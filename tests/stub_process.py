@@ -157,6 +157,23 @@ class StubProcess:
     def agent(self, cluster_id: str, labels: dict[str, str] | None = None) -> httpx.Client:
         return self.client(self.enroll(cluster_id, labels))
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the real ``mgmt-stub`` operator command against this server as admin (the
+        credential in a 0600 file, never on the command line)."""
+        credential = self.root / "admin.credential"
+        if not credential.exists():
+            fd = os.open(credential, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.admin_credential + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MGMT_STUB_")}
+        return subprocess.run(
+            [str(BIN / "mgmt-stub"), *args, "--server", self.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "MGMT_STUB_CREDENTIAL_FILE": str(credential)},
+        )
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         for client in self.clients:
             client.close()

@@ -44,6 +44,7 @@ but never later than its own time.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import platform
@@ -74,6 +75,7 @@ from edge_agent.sync.client import (
 from edge_agent.sync.errors import Refused, RetryLater, ServerError, SyncError
 from edge_agent.sync.retry import Link, RetryPolicy, Verdict, on_failure, on_success, permit
 from edge_agent.telemetry import note_health, stamp
+from edge_agent.usb import agent_public_key
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +380,12 @@ class SyncEngine:
             return None
         if self._client is None:
             self._client = SyncClient.from_config(self._sync, clock=self._clock)
-        credential = self._client.enroll(token, self._config.cluster_id, self._config.labels)
+        credential = self._client.enroll(
+            token,
+            self._config.cluster_id,
+            self._config.labels,
+            agent_key=base64.b64encode(agent_public_key(self._store)).decode("ascii"),
+        )
         now = self._clock.now()
         self._store.set_sync_credential(
             credential.to_state(self._sync.server, self._config.cluster_id, now)

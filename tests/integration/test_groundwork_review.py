@@ -401,7 +401,7 @@ def test_metrics_endpoint_answers_only_get_metrics_on_loopback_and_reloads_leak_
     for n in (3, 4, 5):
         process.send_signal(signal.SIGHUP)
         wait_for(lambda n=n: systemd.seen("READY", "1") == n, 20)  # type: ignore[misc]
-    wait_for(lambda: tasks(process.pid) <= baseline, 3)
+    wait_for(lambda: tasks(process.pid) <= baseline, 15)  # a leak never settles
     assert httpx.get(f"{url}/metrics", timeout=5).status_code == 200
     process.send_signal(signal.SIGTERM)
     assert process.wait(15) == 0

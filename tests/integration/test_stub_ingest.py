@@ -34,7 +34,10 @@ def test_air_gapped_report_is_verified_recorded_once_and_shown(stub) -> None:
     )
     first = stub.admin.post("/v1/admin/ingest", content=report)
     assert first.status_code == 200, first.text
-    assert first.json() == {
+    answer = first.json()
+    receipt = base64.b64decode(answer.pop("receipt"))
+    assert b"report-receipt" in receipt  # the agent checks it: test_usb_round_trip.py
+    assert answer == {
         "cluster_id": "mine-7",
         "report_id": "r1",
         "new_report": True,

@@ -82,6 +82,22 @@ def test_the_figures_of_a_healthy_synced_site() -> None:
     assert found["edge_agent_last_reconcile_failed"] == "0"
 
 
+def test_status_reports_waiting_for_their_receipt() -> None:
+    waiting = {
+        **view(),
+        "reports": [
+            {"report_id": "a", "created_at": "2026-11-22T12:00:00Z", "where": "/m", "events": 3},
+            {"report_id": "b", "created_at": "2026-11-24T11:00:00Z", "where": "/m", "events": 1},
+        ],
+    }
+    found = samples(render(waiting, NOW))
+    assert found["edge_agent_usb_reports_unacknowledged"] == "2"
+    assert found["edge_agent_usb_report_oldest_age_seconds"] == str(2 * 86400)  # two days
+    found = samples(render({**view(), "reports": []}, NOW))
+    assert found["edge_agent_usb_reports_unacknowledged"] == "0"
+    assert "edge_agent_usb_report_oldest_age_seconds" not in found
+
+
 def test_nothing_made_up_before_a_policy_or_a_sync() -> None:
     text = render({"policy": None, "trust": None, "imports": [], "outbox": {"count": 0}}, NOW)
     found = samples(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -323,3 +324,106 @@ def test_an_unreadable_mount_table_is_logged_once_and_folders_are_still_watched(
     recorder.wait_for(folder / "a.bundle")
     warnings = [r for r in caplog.records if "mount table" in r.getMessage()]
     assert len(warnings) == 1
+
+
+# -- arrivals: when a stick counts as plugged in ------------------------------------------------
+
+
+class Arrivals:
+    """An ``on_arrival`` callback recording each folder, and the offers made before it."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.seen: list[tuple[Path, int]] = []
+
+    def __call__(self, folder: Path) -> None:
+        self.seen.append((folder, len(self.recorder.offers)))
+
+
+def test_a_stick_plugged_in_after_the_first_poll_arrives_after_its_scan(
+    tmp_path: Path, media: Path, mountinfo: Path, watchers: list[DropWatcher]
+) -> None:
+    recorder = Recorder()
+    arrivals = Arrivals(recorder)
+    before = _plug_in(media, tmp_path, "old", {"a.bundle": b"a"})
+    watcher = DropWatcher(
+        [f"{media}/*/edge-bundles"], recorder, mountinfo_path=mountinfo, on_arrival=arrivals
+    )
+    watchers.append(watcher)
+    watcher.start()
+    assert arrivals.seen == []  # there before the watcher: not plugged in now
+
+    folder = _plug_in(media, tmp_path, "new", {"b.bundle": b"b"})
+    mountinfo.write_text(BASE_TABLE + _mount_line(412, media / "new"))
+    watcher.poll()
+    # After the scan of that folder: its bundle was offered first.
+    assert arrivals.seen == [(folder, 2)]
+    assert recorder.offers == [before / "a.bundle", folder / "b.bundle"]
+    watcher.poll()
+    assert arrivals.seen == [(folder, 2)]  # nothing changed: no second arrival
+
+
+def test_a_stick_mounted_again_at_the_same_place_arrives_other_mounts_do_not(
+    tmp_path: Path, media: Path, mountinfo: Path, watchers: list[DropWatcher]
+) -> None:
+    recorder = Recorder()
+    arrivals = Arrivals(recorder)
+    folder = _plug_in(media, tmp_path, "usb0", {})
+    mountinfo.write_text(BASE_TABLE + _mount_line(412, media / "usb0"))
+    watcher = DropWatcher(
+        [f"{media}/*/edge-bundles"], recorder, mountinfo_path=mountinfo, on_arrival=arrivals
+    )
+    watchers.append(watcher)
+    watcher.start()
+
+    # A Kubernetes node mounts pod volumes all the time: a rescan, never an arrival.
+    pod = tmp_path / "kubelet" / "pods" / "p1" / "volumes"
+    mountinfo.write_text(BASE_TABLE + _mount_line(412, media / "usb0") + _mount_line(500, pod))
+    watcher.poll()
+    assert arrivals.seen == []
+
+    # The same stick unmounted and mounted again (same folder, same inode): an arrival.
+    mountinfo.write_text(BASE_TABLE + _mount_line(500, pod))
+    watcher.poll()
+    mountinfo.write_text(BASE_TABLE + _mount_line(500, pod) + _mount_line(413, media / "usb0"))
+    watcher.poll()
+    assert [seen for seen, _ in arrivals.seen] == [folder, folder]  # unmount and mount
+
+
+def test_a_folder_replaced_or_back_after_it_was_gone_arrives(
+    tmp_path: Path, media: Path, mountinfo: Path, watchers: list[DropWatcher]
+) -> None:
+    recorder = Recorder()
+    arrivals = Arrivals(recorder)
+    watcher = DropWatcher(
+        [f"{media}/*/edge-bundles"], recorder, mountinfo_path=mountinfo, on_arrival=arrivals
+    )
+    watchers.append(watcher)
+    watcher.start()
+    folder = _plug_in(media, tmp_path, "stick", {})
+    watcher.poll()
+    (media / "stick").rename(tmp_path / "away")
+    watcher.poll()  # gone
+    (tmp_path / "away").rename(media / "stick")
+    watcher.poll()  # back
+    assert [seen for seen, _ in arrivals.seen] == [folder, folder]
+
+
+def test_a_failing_arrival_callback_is_logged_and_watching_goes_on(
+    tmp_path: Path, media: Path, mountinfo: Path, watchers: list[DropWatcher], caplog: Any
+) -> None:
+    recorder = Recorder()
+
+    def broken(folder: Path) -> None:
+        raise RuntimeError("boom")
+
+    watcher = DropWatcher(
+        [f"{media}/*/edge-bundles"], recorder, mountinfo_path=mountinfo, on_arrival=broken
+    )
+    watchers.append(watcher)
+    watcher.start()
+    folder = _plug_in(media, tmp_path, "stick", {})
+    watcher.poll()
+    assert "arrival not handled" in caplog.text
+    (folder / "late.bundle").write_bytes(b"l")
+    recorder.wait_for(folder / "late.bundle")

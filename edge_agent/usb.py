@@ -1,0 +1,221 @@
+"""Status out by USB: write signed status reports, take management's receipts back.
+
+An air-gapped site never reports home. ``export_status`` writes what management would have
+heard online into one file a person carries out: every event still queued (oldest first,
+at most MAX_CARRIED_EVENTS / MAX_CARRIED_BYTES), plus a ``health`` event made now (verdict,
+revision in force, drift, hold, pending) and an ``import-history`` event (the newest import
+attempts), signed with the agent's own key (``StateStore.agent_key``). The carried events
+stay queued: ``StateStore.record_report`` remembers which ones went out in which report.
+
+Management ingests the report (``mgmt-stub ingest``) and hands back a receipt signed by the
+policy role's keys. ``accept_receipt`` checks it against the trust root in force, then
+``StateStore.acknowledge_reports`` removes the events those reports carried, in one
+transaction. Online sync acknowledges them the ordinary way (they are sent again and
+deduplicated by id). Nothing is ever marked delivered on the strength of a file having been
+written: a stick lost on the way loses nothing.
+
+The report is written to a hidden temporary name, fsynced and renamed, so a stick pulled
+mid-write never holds a torn report under the real name; a write that fails (read-only
+stick, full disk) leaves no file and records nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.clock import Clock, format_time
+from edge_agent.config import AgentConfig
+from edge_agent.errors import StateError
+from edge_agent.files import fsync_dir
+from edge_agent.findings import health_data
+from edge_agent.importer import import_dropped_file
+from edge_agent.report import (
+    MAX_RECEIPT_BYTES,
+    RECEIPT_SUFFIX,
+    ReportError,
+    public_key_raw,
+    report_file_name,
+    sign_report,
+    verify_receipt,
+)
+from edge_agent.state import StateStore
+from edge_agent.telemetry import stamp
+
+log = logging.getLogger(__name__)
+
+MAX_CARRIED_EVENTS = 100_000
+MAX_CARRIED_BYTES = 20 << 20  # a report is at most 32 MiB, and base64 makes 20 MiB 27
+HISTORY_BYTES = 15_000  # an event's data is at most 16 KiB on the management side
+
+_RANDOM = random.SystemRandom()
+
+
+class ExportError(Exception):
+    """The report could not be written (the folder is missing, read-only or full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    path: Path
+    report_id: str
+    events: int  # queued events carried (the two made for the report not counted)
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    report_ids: list[str]  # reports this store was waiting on, now acknowledged
+    delivered: int  # queued events that removed
+
+
+def agent_public_key(store: StateStore) -> bytes:
+    """The agent's Ed25519 public key (raw); management checks reports with it."""
+    return public_key_raw(Ed25519PrivateKey.from_private_bytes(store.agent_key()))
+
+
+def export_status(store: StateStore, config: AgentConfig, folder: Path, clock: Clock) -> Exported:
+    """Write a signed status report into ``folder``; ExportError if it cannot be written."""
+    if not folder.is_dir():
+        raise ExportError(f"export folder {folder} does not exist or is not a folder")
+    key = Ed25519PrivateKey.from_private_bytes(store.agent_key())
+    now = clock.now()
+    report_id = f"{now:%Y%m%dT%H%M%SZ}-{_RANDOM.getrandbits(40):010x}"
+    queued = store.outbox_batch(MAX_CARRIED_EVENTS, MAX_CARRIED_BYTES)
+    view = store.view()
+    events: list[dict[str, Any]] = [json.loads(text) for _seq, text in queued]
+    events.append(stamp("health", health_data(view, now), clock).to_json())
+    events.append(stamp("import-history", _history(store.imports()), clock).to_json())
+    data = sign_report(
+        key,
+        cluster_id=config.cluster_id,
+        report_id=report_id,
+        created_at=format_time(now),
+        events=events,
+    )
+    path = folder / report_file_name(config.cluster_id, report_id)
+    try:
+        _write_new(path, data)
+    except OSError as exc:
+        raise ExportError(f"status report not written to {folder}: {exc.strerror or exc}") from None
+    store.record_report(
+        report_id, created_at=now, where=str(path), seqs=[seq for seq, _text in queued]
+    )
+    store.write_snapshot()
+    log.info(
+        "status report %s written to %s: %d queued events carried, %d bytes",
+        report_id,
+        path,
+        len(queued),
+        len(data),
+    )
+    return Exported(path, report_id, len(queued), len(data))
+
+
+def read_receipt(path: Path) -> bytes:
+    """A receipt file's bytes, refused from its size alone when too large (OSError, ValueError)."""
+    with path.open("rb") as handle:
+        data = handle.read(MAX_RECEIPT_BYTES + 1)
+    if len(data) > MAX_RECEIPT_BYTES:
+        raise ValueError(f"receipt {path}: larger than {MAX_RECEIPT_BYTES} bytes")
+    return data
+
+
+def accept_receipt(store: StateStore, config: AgentConfig, data: bytes) -> Acknowledged:
+    """Check a receipt against the trust root in force and acknowledge the reports it names
+    (ReportError when it does not verify or is for another cluster: nothing changes)."""
+    trust = store.trust()
+    receipt = verify_receipt(
+        data,
+        cluster_id=config.cluster_id,
+        keys=trust.root.root.keys,
+        role=trust.root.root.policy_role,
+        revoked=trust.revoked_keyids,
+    )
+    report_ids, delivered = store.acknowledge_reports(receipt.report_ids)
+    if report_ids:
+        store.write_snapshot()
+        log.info(
+            "receipt of %s: reports %s acknowledged, %d carried events delivered",
+            receipt.issued_at,
+            ", ".join(report_ids),
+            delivered,
+        )
+    else:
+        log.info("receipt of %s: no report waiting on it (already acknowledged)", receipt.issued_at)
+    return Acknowledged(report_ids, delivered)
+
+
+def take_dropped_file(path: Path, *, store: StateStore, config: AgentConfig, clock: Clock) -> bool:
+    """A file found in a drop folder: a receipt is accepted, anything else imported as a
+    bundle. True when done with it, False to offer it again (``DropWatcher``'s contract)."""
+    if not path.name.casefold().endswith(RECEIPT_SUFFIX):
+        return import_dropped_file(path, store=store, config=config, clock=clock)
+    try:
+        accept_receipt(store, config, read_receipt(path))
+    except (OSError, ValueError) as exc:
+        log.warning("receipt %s cannot be read: %s", path, getattr(exc, "strerror", None) or exc)
+        return False
+    except ReportError as exc:
+        log.warning("receipt %s rejected: %s", path, exc)
+    except StateError as exc:
+        log.warning("receipt %s not taken: %s", path, exc)
+        return not exc.transient
+    return True
+
+
+def export_on_arrival(
+    folder: Path, *, store: StateStore, config: AgentConfig, clock: Clock
+) -> Exported | None:
+    """A stick arrived in a drop folder: leave a status report on it if it is writable."""
+    if not os.access(folder, os.W_OK):
+        log.info("drop folder %s is not writable: no status report left on it", folder)
+        return None
+    try:
+        return export_status(store, config, folder, clock)
+    except ExportError as exc:
+        log.warning("%s", exc)
+    except StateError as exc:
+        log.warning("status report for %s not made: %s", folder, exc)
+    return None
+
+
+def _history(imports: list[Any]) -> dict[str, Any]:
+    """The newest import attempts that fit in one event, newest last."""
+    kept: list[dict[str, Any]] = []
+    size = 0
+    for record in reversed(imports):
+        entry = {k: record.get(k) for k in ("at", "revision", "result", "code") if record.get(k)}
+        message = record.get("message")
+        if message:
+            entry["message"] = str(message)[:200]
+        size += len(json.dumps(entry)) + 1
+        if size > HISTORY_BYTES:
+            break
+        kept.append(entry)
+    return {"imports": kept[::-1], "total": len(imports)}
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``path`` durably: a hidden temporary name, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
