@@ -92,6 +92,15 @@ def register_and_export(stub: StubProcess, site: AirGappedSite, stick: Path) -> 
     return bundle
 
 
+def site_with_policy(stub: StubProcess, tmp_path: Path) -> tuple[AirGappedSite, Path]:
+    """A registered air-gapped site with revision 1 imported from ``tmp_path/stick``."""
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    site = AirGappedSite(tmp_path / "site", stub, str(tmp_path / "unused" / "*"))
+    ok(site.run("import", str(register_and_export(stub, site, stick))))
+    return site, stick
+
+
 def server_events(stub: StubProcess) -> list[dict[str, Any]]:
     cluster = stub.admin.get(f"/v1/admin/clusters/{CLUSTER}").json()
     return list(cluster["recent_events"])
@@ -100,11 +109,7 @@ def server_events(stub: StubProcess) -> list[dict[str, Any]]:
 def test_report_out_receipt_back_marks_exactly_the_carried_events_delivered(
     stub: StubProcess, tmp_path: Path
 ) -> None:
-    stick = tmp_path / "stick"
-    stick.mkdir()
-    site = AirGappedSite(tmp_path / "site", stub, str(tmp_path / "unused" / "*"))
-    bundle = register_and_export(stub, site, stick)
-    ok(site.run("import", str(bundle)))
+    site, stick = site_with_policy(stub, tmp_path)
     ok(site.run("enforce", "--once"))
     carried = site.queued()
     assert carried >= 3  # import, reconcile, health
@@ -168,11 +173,7 @@ def test_report_out_receipt_back_marks_exactly_the_carried_events_delivered(
 def test_a_receipt_from_foreign_keys_or_for_another_cluster_is_refused(
     stub: StubProcess, tmp_path: Path
 ) -> None:
-    stick = tmp_path / "stick"
-    stick.mkdir()
-    site = AirGappedSite(tmp_path / "site", stub, str(tmp_path / "unused" / "*"))
-    bundle = register_and_export(stub, site, stick)
-    ok(site.run("import", str(bundle)))
+    site, stick = site_with_policy(stub, tmp_path)
     report = Path(site.json("export-status", str(stick))["path"])
     queued = site.queued()
 
@@ -216,10 +217,7 @@ def test_a_receipt_from_foreign_keys_or_for_another_cluster_is_refused(
 def test_export_to_a_missing_or_read_only_folder_fails_cleanly(
     stub: StubProcess, tmp_path: Path
 ) -> None:
-    site = AirGappedSite(tmp_path / "site", stub, str(tmp_path / "unused" / "*"))
-    stick = tmp_path / "stick"
-    stick.mkdir()
-    ok(site.run("import", str(register_and_export(stub, site, stick))))
+    site, _stick = site_with_policy(stub, tmp_path)
     queued = site.queued()
     missing = one_line_error(
         site.run("export-status", str(tmp_path / "nope")), 6, "edge-agent: export folder"
