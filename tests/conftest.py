@@ -34,6 +34,7 @@ freezegun.configure(extend_ignore_list=["kubernetes", "pydantic", "pydantic_core
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "bundles"
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+LIFETIME_DAYS = 3650  # of the roots and bundles the fixtures sign at NOW
 BIN = Path(sys.executable).parent
 
 
@@ -89,7 +90,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def keys(tmp_path: Path) -> KeyDirectory:
     directory = KeyDirectory(tmp_path / "keys")
-    directory.init(now=NOW - dt.timedelta(days=1), expires_days=365)
+    # Ten years: tests that run the real CLI (the real clock) must not start failing the day a
+    # root or bundle signed at the fixed NOW expires.
+    directory.init(now=NOW - dt.timedelta(days=1), expires_days=LIFETIME_DAYS)
     return directory
 
 
@@ -131,7 +134,7 @@ def make_bundle(tmp_path: Path, keys: KeyDirectory) -> BundleMaker:
         key_dir: KeyDirectory | None = None,
         profile_dir: Path | None = None,
         gzip: bool = False,
-        expires_days: int = 30,
+        expires_days: int = LIFETIME_DAYS,
     ) -> Path:
         output = out_dir / f"{profile}-r{revision}-{len(list(out_dir.iterdir()))}.bundle"
         build_bundle(
