@@ -310,18 +310,17 @@ def _status(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
 
 def _watch(config: AgentConfig, clock: Clock) -> int:
     from edge_agent.report import RECEIPT_SUFFIX
-    from edge_agent.usb import take_dropped_file
+    from edge_agent.usb import DropHandler
     from edge_agent.watch import DEFAULT_SUFFIXES, DropWatcher
 
     if not config.drop_folders:
         raise ConfigError(f"config: drop_folders is empty; nothing to watch ({config.state_dir})")
     store = _open_store(config, clock)
 
-    def on_file(path: Path) -> bool:
-        return take_dropped_file(path, store=store, config=config, clock=clock)
-
     watcher = DropWatcher(
-        config.drop_folders, on_file, suffixes=(*DEFAULT_SUFFIXES, RECEIPT_SUFFIX)
+        config.drop_folders,
+        DropHandler(store=store, config=config, clock=clock),
+        suffixes=(*DEFAULT_SUFFIXES, RECEIPT_SUFFIX),
     )
     stop = threading.Event()
 

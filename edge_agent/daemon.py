@@ -238,20 +238,17 @@ class Daemon:
 
     def _start_watch(self, generation: _Generation) -> None:
         from edge_agent.report import RECEIPT_SUFFIX
-        from edge_agent.usb import export_on_arrival, take_dropped_file
+        from edge_agent.usb import DropHandler, export_on_arrival
         from edge_agent.watch import DEFAULT_SUFFIXES, DropWatcher
 
         config, store = generation.config, generation.store
-
-        def on_file(path: Path) -> bool:
-            return take_dropped_file(path, store=store, config=config, clock=self._clock)
 
         def on_arrival(folder: Path) -> None:
             export_on_arrival(folder, store=store, config=config, clock=self._clock)
 
         watcher = DropWatcher(
             config.drop_folders,
-            on_file,
+            DropHandler(store=store, config=config, clock=self._clock),
             suffixes=(*DEFAULT_SUFFIXES, RECEIPT_SUFFIX),
             on_arrival=on_arrival,
         )

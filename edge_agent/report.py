@@ -46,7 +46,7 @@ from edge_agent.bundle.envelope import (
     parse_envelope,
     verify_envelope,
 )
-from edge_agent.errors import BundleError
+from edge_agent.errors import BundleError, BundleErrorCode
 
 STATUS_REPORT_PAYLOAD_TYPE = "application/vnd.edge-agent.status-report+json; version=1"
 REPORT_TYPE = "status-report"
@@ -62,7 +62,11 @@ _REPORT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 class ReportError(Exception):
     """The report or receipt is malformed, not for this cluster, or its signature does not
-    verify."""
+    verify. ``code`` is the bundle error code when a signature check failed."""
+
+    def __init__(self, message: str, *, code: BundleErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,9 @@ def report_cluster(data: bytes) -> str:
         envelope = parse_envelope(data, what="status report", max_bytes=MAX_REPORT_BYTES)
         doc = canonical.decode(envelope.payload, max_bytes=MAX_REPORT_BYTES)
     except BundleError as exc:
-        raise ReportError(str(exc)) from None
+        raise ReportError(str(exc), code=exc.code) from None
+    except ValueError as exc:  # canonical.decode: not UTF-8, not JSON, too deep, a float
+        raise ReportError(f"status report: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("cluster_id"), str):
         raise ReportError("status report: payload has no cluster_id")
     return str(doc["cluster_id"])[:253]
@@ -127,7 +133,9 @@ def verify_report(data: bytes, *, agent_key: bytes) -> StatusReport:
         )
         doc = canonical.decode(envelope.payload, max_bytes=MAX_REPORT_BYTES)
     except BundleError as exc:
-        raise ReportError(str(exc)) from None
+        raise ReportError(str(exc), code=exc.code) from None
+    except ValueError as exc:  # canonical.decode: not UTF-8, not JSON, too deep, a float
+        raise ReportError(f"status report: {exc}") from None
     if not isinstance(doc, Mapping):
         raise ReportError("status report: payload is not an object")
     expected = {"_type", "format_version", "cluster_id", "report_id", "created_at", "events"}
@@ -197,7 +205,9 @@ def verify_receipt(
         )
         doc = canonical.decode(envelope.payload, max_bytes=MAX_RECEIPT_BYTES)
     except BundleError as exc:
-        raise ReportError(str(exc)) from None
+        raise ReportError(str(exc), code=exc.code) from None
+    except ValueError as exc:  # canonical.decode: not UTF-8, not JSON, too deep, a float
+        raise ReportError(f"receipt: {exc}") from None
     if not isinstance(doc, Mapping):
         raise ReportError("receipt: payload is not an object")
     expected = {"_type", "format_version", "cluster_id", "issued_at", "report_ids"}

@@ -810,6 +810,21 @@ class StateStore:
         while meta["head_page"] < last_page and not pages.get(meta["head_page"]):
             meta["head_page"] += 1
         self._cache.set(_K_OUTBOX, meta)
+        self._forget_delivered_reports(meta)
+
+    def _forget_delivered_reports(self, meta: Mapping[str, Any]) -> None:
+        """Forget carried reports none of whose events is queued any more (delivered online,
+        by a newer report's receipt, or coalesced): nothing waits on their receipt. A report
+        carries the oldest queued events, so it is done once the oldest event still queued is
+        newer than its newest."""
+        carried = self._cache.get(_K_CARRIED)
+        if not carried:
+            return
+        live = [int(u["oldest"]) for u in meta["types"].values()]
+        oldest = min(live) if live else int(meta["next_seq"])
+        kept = [r for r in carried if r["seqs"] and r["seqs"][-1] >= oldest]
+        if len(kept) != len(carried):
+            self._cache.set(_K_CARRIED, kept)
 
     # -- the agent's key and carried status reports ----------------------------------------
     def agent_key(self) -> bytes:
@@ -838,7 +853,10 @@ class StateStore:
         self, report_id: str, *, created_at: dt.datetime, where: str, seqs: Sequence[int]
     ) -> None:
         """Remember a report written to ``where`` carrying the queued events ``seqs``: they
-        stay queued until management acknowledges the report (``acknowledge_reports``)."""
+        stay queued until management acknowledges the report (``acknowledge_reports``) or
+        they are delivered otherwise. A report that carried no queued event is not kept."""
+        if not seqs:
+            return
         entry = {
             "report_id": report_id,
             "created_at": format_time(created_at),
@@ -849,6 +867,7 @@ class StateStore:
             carried = [r for r in self.carried_reports() if r["report_id"] != report_id]
             carried.append(entry)
             self._cache.set(_K_CARRIED, carried[-MAX_CARRIED_REPORTS:])
+            self._forget_delivered_reports(self._outbox_meta())  # delivered while it was written
 
     def carried_reports(self) -> list[dict[str, Any]]:
         """Reports written and not yet acknowledged, oldest first."""
@@ -869,10 +888,10 @@ class StateStore:
             meta = self._outbox_meta()
             before = sum(u["count"] for u in meta["types"].values())
             pages = _Pages(self._cache)
-            self._outbox_remove(meta, pages, sorted({int(s) for r in done for s in r["seqs"]}))
-            self._outbox_save(meta, pages)
-            delivered = before - sum(u["count"] for u in meta["types"].values())
             self._cache.set(_K_CARRIED, [r for r in carried if r["report_id"] not in wanted])
+            self._outbox_remove(meta, pages, sorted({int(s) for r in done for s in r["seqs"]}))
+            self._outbox_save(meta, pages)  # also forgets older reports this delivered
+            delivered = before - sum(u["count"] for u in meta["types"].values())
         return [r["report_id"] for r in done], delivered
 
     # -- action journal ----------------------------------------------------------------

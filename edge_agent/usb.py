@@ -154,22 +154,56 @@ def accept_receipt(store: StateStore, config: AgentConfig, data: bytes) -> Ackno
     return Acknowledged(report_ids, delivered)
 
 
-def take_dropped_file(path: Path, *, store: StateStore, config: AgentConfig, clock: Clock) -> bool:
-    """A file found in a drop folder: a receipt is accepted, anything else imported as a
-    bundle. True when done with it, False to offer it again (``DropWatcher``'s contract)."""
-    if not path.name.casefold().endswith(RECEIPT_SUFFIX):
-        return import_dropped_file(path, store=store, config=config, clock=clock)
-    try:
-        accept_receipt(store, config, read_receipt(path))
-    except (OSError, ValueError) as exc:
-        log.warning("receipt %s cannot be read: %s", path, getattr(exc, "strerror", None) or exc)
-        return False
-    except ReportError as exc:
-        log.warning("receipt %s rejected: %s", path, exc)
-    except StateError as exc:
-        log.warning("receipt %s not taken: %s", path, exc)
-        return not exc.transient
-    return True
+class DropHandler:
+    """What a file in a drop folder is for (``DropWatcher``'s callback): a ``*.receipt`` is
+    taken, anything else imported as a bundle. True when done with it, False to offer it
+    again.
+
+    One stick can carry a receipt together with the bundle whose root rotation brings the
+    keys the receipt is signed with, and a scan offers them in name order. So a receipt
+    whose signatures do not verify under the root in force is kept aside (its path, at most
+    MAX_WAITING) and taken again once a bundle changed the trust root.
+    """
+
+    MAX_WAITING = 100
+
+    def __init__(self, *, store: StateStore, config: AgentConfig, clock: Clock) -> None:
+        self._store, self._config, self._clock = store, config, clock
+        self._waiting: dict[Path, None] = {}  # receipts refused for their signatures
+
+    def __call__(self, path: Path) -> bool:
+        if path.name.casefold().endswith(RECEIPT_SUFFIX):
+            return self._receipt(path)
+        before = self._root_version() if self._waiting else None
+        done = import_dropped_file(path, store=self._store, config=self._config, clock=self._clock)
+        if before is not None and self._root_version() != before:
+            for waiting in list(self._waiting):
+                del self._waiting[waiting]
+                self._receipt(waiting)
+        return done
+
+    def _receipt(self, path: Path) -> bool:
+        try:
+            accept_receipt(self._store, self._config, read_receipt(path))
+        except OSError as exc:
+            log.warning("receipt %s cannot be read: %s", path, exc.strerror or exc)
+            return False
+        except ValueError as exc:  # too large
+            log.warning("%s", exc)
+        except ReportError as exc:
+            log.warning("receipt %s rejected: %s", path, exc)
+            if exc.code is not None and len(self._waiting) < self.MAX_WAITING:
+                self._waiting[path] = None  # maybe signed with keys a bundle will bring
+        except StateError as exc:
+            log.warning("receipt %s not taken: %s", path, exc)
+            return not exc.transient
+        return True
+
+    def _root_version(self) -> int | None:
+        try:
+            return self._store.trust().root.root.version
+        except StateError:
+            return None
 
 
 def export_on_arrival(

@@ -228,9 +228,9 @@ class DropWatcher:
         quick enough for a person waiting at a USB port and costs one small file read.
 
         ``on_arrival(folder)`` is called (on the polling thread, after the folder's scan)
-        when a matching folder appears after the first poll, or is replaced by another
-        directory at the same path (another device or inode: a stick plugged in). Not for a
-        mount-table change alone: on a Kubernetes node pods mount volumes all the time."""
+        when a stick is plugged in after the first poll: a matching folder appears, or
+        something is mounted at or above a matching folder. Not for an unmount, and not for
+        a mount elsewhere (on a Kubernetes node pods mount volumes all the time)."""
         for pattern in patterns:
             if not os.path.isabs(pattern):
                 raise ConfigError(f"drop folder pattern {pattern!r}: expected an absolute path")
@@ -259,7 +259,9 @@ class DropWatcher:
         self._watched: dict[Path, _Watched] = {}
         self._unwatchable: set[Path] = set()  # folders whose watch failed, to warn once
         self._mounts: tuple[MountPoint, ...] | None = None  # None: not read yet
-        self._changed_mounts: frozenset[str] = frozenset()  # by the last poll
+        # mount points mounted and unmounted (or replaced: both) as of the last poll
+        self._mounted: frozenset[str] = frozenset()
+        self._unmounted: frozenset[str] = frozenset()
         self._mountinfo_unreadable = False
         self._mount_events: select.poll | None = None
         self._mount_events_fd: int | None = None
@@ -370,13 +372,13 @@ class DropWatcher:
                     if self._watch(observer, folder, identity):
                         log.debug("drop folder %s watched afresh", folder)
                         to_scan.append(folder)
-                        if identity != watched.identity or self._mounted_at(folder):
+                        if self._arrived(folder, was_watched=True):
                             arrived.append(folder)
             for folder, identity in folders.items():
                 if folder not in self._watched and self._watch(observer, folder, identity):
                     log.info("drop folder %s watched", folder)
                     to_scan.append(folder)
-                    if self._polled:
+                    if self._polled and self._arrived(folder, was_watched=False):
                         arrived.append(folder)
             if not self._polled:
                 log.info(
@@ -398,7 +400,7 @@ class DropWatcher:
 
     def _check_mounts(self) -> bool:
         """True when the mount table changed since the last poll (never on the first one)."""
-        self._changed_mounts = frozenset()
+        self._mounted = self._unmounted = frozenset()
         signalled = self._mount_table_signalled()
         try:
             mounts = parse_mountinfo(os.fsdecode(self._mountinfo_path.read_bytes()))
@@ -412,17 +414,26 @@ class DropWatcher:
         if previous is None:
             return False
         changed = changed_mount_points(previous, mounts)
-        self._changed_mounts = changed
+        self._mounted = frozenset(m.mount_point for m in set(mounts) - set(previous))
+        self._unmounted = frozenset(m.mount_point for m in set(previous) - set(mounts))
         if changed:
             log.debug("mount table changed at %s", ", ".join(sorted(changed)))
         elif signalled:
             log.debug("mount table changed (and maybe back) since the last poll")
         return bool(changed) or signalled
 
-    def _mounted_at(self, folder: Path) -> bool:
-        """True when the last poll saw a mount change at ``folder`` or above it (not ``/``):
-        a stick mounted again, whatever device and inode numbers it got."""
-        return any(point != "/" and folder.is_relative_to(point) for point in self._changed_mounts)
+    def _arrived(self, folder: Path, *, was_watched: bool) -> bool:
+        """Whether ``folder``, found by this poll, is a stick plugged in: something was
+        mounted at it or above it (not ``/``), whatever device and inode numbers it got; or,
+        with no mount change there, it is a folder not watched before (made, or moved in).
+        An unmount is never an arrival, even when it uncovers a folder of the host."""
+
+        def at_or_above(points: frozenset[str]) -> bool:
+            return any(point != "/" and folder.is_relative_to(point) for point in points)
+
+        if at_or_above(self._mounted):
+            return True
+        return not was_watched and not at_or_above(self._unmounted)
 
     def _mount_table_signalled(self) -> bool:
         """True when the kernel flagged a mount-table change on our mountinfo handle.

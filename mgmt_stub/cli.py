@@ -16,7 +16,7 @@ The operator commands talk to a running server's admin API (``mgmt_stub.client``
 
     mgmt-stub profile put NAME --from DIR | list | show NAME
     mgmt-stub cluster list [--selector K=V,..] | show ID | register ID [--labels K=V,..]
-                          [--agent-key B64] | label ID K=V,.. | revoke ID
+                          [--agent-key B64] | label ID K=V,.. | agent-key ID B64 | revoke ID
     mgmt-stub assign put NAME --profile P (--selector K=V,.. | --cluster ID) [--priority N]
                           [--canary K=V,.. | --canary-percent N]
                           [--max-unavailable N | --max-unavailable-percent N]
@@ -59,7 +59,7 @@ from edge_agent.bundle.model import is_valid_cluster_id, is_valid_label
 from edge_agent.clock import SystemClock, format_time
 from edge_agent.errors import EdgeAgentError
 from edge_agent.files import atomic_write
-from edge_agent.report import receipt_file_name
+from edge_agent.report import MAX_REPORT_BYTES, receipt_file_name
 from mgmt_stub.builder import ProfileError, build_bundle
 from mgmt_stub.client import (
     DEFAULT_SERVER,
@@ -594,6 +594,15 @@ def _cluster_register(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_agent_key(client: AdminClient, args: argparse.Namespace) -> int:
+    row = client.set_agent_key(args.cluster_id, args.agent_key)
+    if args.json:
+        _print_json(row)
+        return 0
+    print(f"cluster {row['id']}: status reports are now checked with the new agent key")
+    return 0
+
+
 def _cluster_label(client: AdminClient, args: argparse.Namespace) -> int:
     row = client.set_labels(args.cluster_id, args.labels)
     if args.json:
@@ -908,9 +917,12 @@ def _bundle_list(client: AdminClient, args: argparse.Namespace) -> int:
 def _ingest(client: AdminClient, args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_REPORT_BYTES + 1)  # never an endless read (/dev/zero, a disk)
     except OSError as exc:
         raise LocalError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_REPORT_BYTES:
+        raise LocalError(f"{path} is larger than a status report may be ({MAX_REPORT_BYTES} bytes)")
     doc = client.ingest(data)
     receipt = base64.b64decode(doc.pop("receipt"))
     written: Path | None = None
@@ -1037,6 +1049,14 @@ def _admin_parsers(areas: Any, bundle: Any) -> None:
     label = command(cluster, "label", _cluster_label, "replace a cluster's labels")
     label.add_argument("cluster_id")
     label.add_argument("labels", type=_labels_arg, metavar="K=V,..", help="'' removes all")
+    agent_key = command(
+        cluster,
+        "agent-key",
+        _cluster_agent_key,
+        "replace the key its status reports are checked with (admin)",
+    )
+    agent_key.add_argument("cluster_id")
+    agent_key.add_argument("agent_key", metavar="B64", help="edge-agent agent-key prints it")
     receipt = command(
         cluster, "receipt", _cluster_receipt, "write the receipt for its ingested status reports"
     )

@@ -251,6 +251,10 @@ class AdminClient:
         path = f"/v1/admin/clusters/{_seg(cluster_id)}/labels"
         return dict(self._call("PUT", path, json={"labels": dict(labels)}))
 
+    def set_agent_key(self, cluster_id: str, agent_key: str) -> dict[str, Any]:
+        path = f"/v1/admin/clusters/{_seg(cluster_id)}/agent-key"
+        return dict(self._call("PUT", path, json={"agent_key": agent_key}))
+
     def revoke_cluster(self, cluster_id: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/v1/admin/clusters/{_seg(cluster_id)}/revoke"))
 

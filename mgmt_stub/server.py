@@ -173,6 +173,10 @@ class LabelsBody(Strict):
     labels: Labels
 
 
+class AgentKeyBody(Strict):
+    agent_key: Annotated[str, Field(max_length=64)]
+
+
 class TokenBody(Strict):
     ttl_s: Annotated[int, Field(ge=60, le=366 * 86400)] = 86400
     uses: Annotated[int, Field(ge=1, le=100_000)] = 1
@@ -261,6 +265,7 @@ CONTRACT: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/v1/admin/clusters/{cluster_id}"): (401, 404, 422),
     ("GET", "/v1/admin/clusters/{cluster_id}/receipt"): (401, 404, 422),
     ("PUT", "/v1/admin/clusters/{cluster_id}/labels"): (401, 403, 404, *_JSON_BODY),
+    ("PUT", "/v1/admin/clusters/{cluster_id}/agent-key"): (401, 403, 404, *_JSON_BODY),
     ("POST", "/v1/admin/clusters/{cluster_id}/revoke"): (401, 403, 404, 422),
     ("GET", "/v1/admin/profiles"): (401,),
     ("GET", "/v1/admin/profiles/{name}"): (401, 404, 422),
@@ -671,6 +676,12 @@ def create_app(
         who: Op, cluster_id: Annotated[str, PathParam(max_length=253)], body: LabelsBody
     ) -> dict[str, Any]:
         return _with_connectivity(service.set_labels(who.name, cluster_id, body.labels))
+
+    @admin.put("/clusters/{cluster_id}/agent-key")
+    async def set_agent_key(
+        who: Admin, cluster_id: Annotated[str, PathParam(max_length=253)], body: AgentKeyBody
+    ) -> dict[str, Any]:
+        return _with_connectivity(service.set_agent_key(who.name, cluster_id, body.agent_key))
 
     @admin.post("/clusters/{cluster_id}/revoke")
     async def revoke_cluster(

@@ -374,7 +374,12 @@ class ManagementService:
         key = _agent_key(agent_key) if agent_key else None
         with self.db.transaction():
             if self.db.cluster(cluster_id) is not None:
-                raise Problem(409, "exists", f"cluster {cluster_id!r} already exists")
+                raise Problem(
+                    409,
+                    "exists",
+                    f"cluster {cluster_id!r} already exists"
+                    + ("; to give it a new agent key: mgmt-stub cluster agent-key" if key else ""),
+                )
             self.db.add_cluster(cluster_id, labels, now_text(self.clock))
             if key:
                 self.db.update_cluster(cluster_id, agent_key=key)
@@ -389,6 +394,21 @@ class ManagementService:
             self.db.update_cluster(cluster_id, labels=dict(labels))
             self._audit(actor, "cluster.labels", cluster_id, {"labels": dict(labels)})
             self._place(cluster_id)
+        return self.cluster(cluster_id)
+
+    def set_agent_key(self, actor: str, cluster_id: str, agent_key: str) -> Row:
+        """Replace the key a cluster's status reports are checked with (a site whose state
+        store was reset made a new one; a cluster registered without one)."""
+        key = _agent_key(agent_key)
+        with self.db.transaction():
+            row = self.cluster(cluster_id)
+            self.db.update_cluster(cluster_id, agent_key=key)
+            self._audit(
+                actor,
+                "cluster.agent-key",
+                cluster_id,
+                {"replaced": bool(row["agent_key"]), "key_sha256": _short_hash(key)},
+            )
         return self.cluster(cluster_id)
 
     def revoke_cluster(self, actor: str, cluster_id: str) -> int:
@@ -553,7 +573,8 @@ class ManagementService:
             raise Problem(
                 409,
                 "no-agent-key",
-                f"cluster {claimed!r} has no agent key to check the report with",
+                f"cluster {claimed!r} has no agent key to check the report with "
+                f"(give it one: mgmt-stub cluster agent-key {claimed} KEY)",
             )
         try:
             report = verify_report(data, agent_key=base64.b64decode(row["agent_key"]))
@@ -588,8 +609,11 @@ class ManagementService:
                 now_text(self.clock),
                 len(report.events),
             )
-            if not row["last_ingest_at"] or report.created_at > row["last_ingest_at"]:
-                self.db.update_cluster(report.cluster_id, last_ingest_at=report.created_at)
+            # The site's clock, but never later than ours (as for event times): one report
+            # from a clock set to 2099 must not pin the report age in the future.
+            created = min(report.created_at, now_text(self.clock))
+            if not row["last_ingest_at"] or created > row["last_ingest_at"]:
+                self.db.update_cluster(report.cluster_id, last_ingest_at=created)
             self._audit(
                 actor,
                 "report.ingest",
@@ -1283,3 +1307,7 @@ def bootstrap_admin(data_dir: Path, keys_dir: Path) -> Path | None:
         return path
     finally:
         service.close()
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]

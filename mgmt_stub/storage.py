@@ -431,10 +431,11 @@ class Storage:
         )
 
     def report_ids(self, cluster_id: str, limit: int) -> list[str]:
-        """The ids of the newest ``limit`` reports ingested for a cluster, newest last."""
+        """The ids of the ``limit`` reports of a cluster ingested last, newest last (by our
+        clock: a site's clock may be anywhere)."""
         rows = self._db.execute(
             "SELECT report_id FROM reports WHERE cluster_id = ? "
-            "ORDER BY created_at DESC, report_id DESC LIMIT ?",
+            "ORDER BY ingested_at DESC, report_id DESC LIMIT ?",
             (cluster_id, limit),
         ).fetchall()
         return [str(r["report_id"]) for r in reversed(rows)]

@@ -365,6 +365,21 @@ def tasks(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def settled_tasks(pid: int, quiet_s: float = 1.0, timeout_s: float = 20.0) -> int:
+    """The process's thread count once it has not changed for ``quiet_s`` (a part's threads
+    start just after READY: a count taken at READY is too early)."""
+    deadline = time.monotonic() + timeout_s
+    count, since = tasks(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = tasks(pid)
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return count
+    raise AssertionError(f"thread count still changing after {timeout_s} s")
+
+
 def listening_addresses(pid: int, port: int) -> set[str]:
     """Local addresses of the process's listening TCP sockets on ``port`` (hex, as in /proc)."""
     found = set()
@@ -397,11 +412,11 @@ def test_metrics_endpoint_answers_only_get_metrics_on_loopback_and_reloads_leak_
 
     process.send_signal(signal.SIGHUP)
     wait_for(lambda: systemd.seen("READY", "1") == 2, 20)
-    baseline = tasks(process.pid)
+    baseline = settled_tasks(process.pid)
     for n in (3, 4, 5):
         process.send_signal(signal.SIGHUP)
         wait_for(lambda n=n: systemd.seen("READY", "1") == n, 20)  # type: ignore[misc]
-    wait_for(lambda: tasks(process.pid) <= baseline, 15)  # a leak never settles
+    assert settled_tasks(process.pid) <= baseline  # a reload leaves no thread behind
     assert httpx.get(f"{url}/metrics", timeout=5).status_code == 200
     process.send_signal(signal.SIGTERM)
     assert process.wait(15) == 0
