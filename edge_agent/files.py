@@ -1,7 +1,9 @@
 """Durable file writes: write to a temporary name, fsync, rename, fsync the folder.
 
 A reader (or a crash) sees the old file or the new one, never a torn one. Used by the
-state store for its snapshot and by the management side for keys and roots.
+state store for its snapshot and by the management side for keys and roots. Temporary files
+carry the writer's pid, so a later writer can tell a dead process's leftovers
+(``process_alive``).
 """
 
 from __future__ import annotations
@@ -38,3 +40,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and has not ended (a zombie, dead but not yet
+    reaped, is not alive; one we may not signal is)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc to ask: it exists
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]

@@ -116,7 +116,7 @@ from edge_agent.errors import (
     StateSchemaError,
     StateWriteError,
 )
-from edge_agent.files import atomic_write, fsync_dir
+from edge_agent.files import atomic_write, fsync_dir, process_alive
 from edge_agent.outbox import (
     Admit,
     Event,
@@ -565,7 +565,7 @@ class StateStore:
             os.chmod(folder, 0o700)
             for leftover in folder.glob("desired-*"):
                 pid = leftover.name.split("-")[1]
-                if not pid.isdigit() or not _process_alive(int(pid)):
+                if not pid.isdigit() or not process_alive(int(pid)):
                     leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise StateWriteError(f"downloads folder {folder}: {exc.strerror or exc}") from None
@@ -1156,7 +1156,7 @@ class StateStore:
         """Remove staging folders of imports whose process is gone (killed mid-import)."""
         for folder in (self.state_dir / "staging").glob("import-*"):
             pid = folder.name.split("-")[1]
-            if pid.isdigit() and not _process_alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -1214,16 +1214,6 @@ def _staging(parent: Path) -> Iterator[Staging]:
         yield Staging(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _classify(exc: sqlite3.DatabaseError, what: str) -> StateError:

@@ -15,8 +15,9 @@ deduplicated by id). Nothing is ever marked delivered on the strength of a file 
 written: a stick lost on the way loses nothing.
 
 The report is written to a hidden temporary name, fsynced and renamed, so a stick pulled
-mid-write never holds a torn report under the real name; a write that fails (read-only
-stick, full disk) leaves no file and records nothing.
+mid-write never holds a torn report under the real name (the next export to that folder
+removes the hidden leftover); a write that fails (read-only stick, full disk) leaves no file
+and records nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.clock import Clock, format_time
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StateError
-from edge_agent.files import fsync_dir
+from edge_agent.files import fsync_dir, process_alive
 from edge_agent.findings import health_data
 from edge_agent.importer import import_dropped_file
 from edge_agent.report import (
@@ -102,6 +103,7 @@ def export_status(store: StateStore, config: AgentConfig, folder: Path, clock: C
         events=events,
     )
     path = folder / report_file_name(config.cluster_id, report_id)
+    _remove_torn(folder, config.cluster_id)
     try:
         _write_new(path, data)
     except OSError as exc:
@@ -236,6 +238,17 @@ def _history(imports: list[Any]) -> dict[str, Any]:
             break
         kept.append(entry)
     return {"imports": kept[::-1], "total": len(imports)}
+
+
+def _remove_torn(folder: Path, cluster_id: str) -> None:
+    """Remove the temporary files of this cluster's reports whose writer died (a stick
+    pulled, the power gone, before the rename); never a live writer's."""
+    for leftover in folder.glob(f".{report_file_name(cluster_id, '*')}.*.tmp"):
+        pid = leftover.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                log.info("torn status report %s removed", leftover)
 
 
 def _write_new(path: Path, data: bytes) -> None:

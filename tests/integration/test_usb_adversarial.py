@@ -380,10 +380,13 @@ def test_a_report_killed_mid_write_is_never_seen_under_its_name_nor_recorded(
     wait_for(lambda: any(p.name.endswith(".tmp") for p in stick.iterdir()), 20)
     held.kill()  # the stick is pulled, or the power goes, before the rename
     assert reports_in(stick) == []
-    # What is left is hidden (a dot file) and is not a report to anyone.
-    assert all(p.name.startswith(".") for p in stick.iterdir())
+    # What is left is hidden (a dot file) and is not a report to anyone...
+    (torn,) = stick.iterdir()
+    assert torn.name.startswith(".") and torn.name.endswith(".tmp")
     assert site.carried() == [] and site.queued() == queued
+    # ...and the next export to that folder removes it (its writer is dead).
     assert site.export(stick)["events"] == queued
+    assert [p.name.startswith(".") for p in stick.iterdir()] == [False]
 
 
 def test_a_report_written_but_not_recorded_loses_nothing(
