@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 def admit(
     settings: Mapping[str, Any], store: StateStore, config: AgentConfig, clock: Clock
 ) -> Decision:
-    """May a newly verified revision with ``settings`` apply now, on this site?"""
+    """May a newly verified revision with ``settings`` apply now, on this site?
+
+    The maintenance windows are those of the policy in force: before the first policy there
+    are none, so it applies at once, unless the site is held."""
     current = store.current_policy()
-    if current is None:
-        return Decision(True, "the first policy applies at once")
     return decide(
         hold=store.hold(),
         windows=windows_of(current),

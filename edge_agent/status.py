@@ -42,6 +42,13 @@ def assess(view: Mapping[str, Any], now: dt.datetime) -> tuple[Verdict, str]:
     root_expires = parse_time(trust["root_expires_at"])
     policy = view.get("policy")
     if policy is None:
+        pending = view.get("pending_policy")
+        if pending:
+            return (
+                Verdict.NOT_INITIALISED,
+                f"no policy in force yet; revision {pending['revision']} waits"
+                + (" (held on site: edge-agent release)" if view.get("hold") else ""),
+            )
         return Verdict.NOT_INITIALISED, "no policy in force yet (import a bundle)"
     in_force = f"revision {policy['revision']} in force"
     if root_expires <= now:

@@ -138,3 +138,23 @@ def test_hold_and_release_commands(site: Site, make_bundle: BundleMaker) -> None
     after = json.loads(site.run("status", "--json").stdout)
     assert after["policy"]["revision"] == 2 and after["hold"] is None and after["pending"] is None
     assert site.run("hold", "--reason", "").returncode == 2
+
+
+def test_a_hold_set_before_the_first_policy_holds_it_too(
+    site: Site, make_bundle: BundleMaker
+) -> None:
+    assert site.run("hold", "--reason", "site not ready").returncode == 0
+    imported = site.run("import", str(make_bundle(1)), "--json")
+    assert imported.returncode == 0 and json.loads(imported.stdout)["result"] == "pending"
+    assert revision(site) is None
+    status = site.run("status", "--json")
+    doc = json.loads(status.stdout)
+    assert doc["pending"]["revision"] == 1 and doc["hold"]["reason"] == "site not ready"
+    assert status.returncode == 3  # not initialised: nothing is enforced yet
+    assert (
+        doc["reason"]
+        == "no policy in force yet; revision 1 waits (held on site: edge-agent release)"
+    )
+    released = site.run("release", "--json")
+    assert released.returncode == 0 and json.loads(released.stdout)["applied"] == 1
+    assert revision(site) == 1
