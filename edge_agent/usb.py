@@ -54,7 +54,7 @@ from edge_agent.telemetry import stamp
 log = logging.getLogger(__name__)
 
 MAX_CARRIED_EVENTS = 100_000
-MAX_CARRIED_BYTES = 20 << 20  # a report is at most 32 MiB, and base64 makes 20 MiB 27
+MAX_CARRIED_BYTES = 20 << 20  # a report is at most 32 MiB; base64 makes 20 MiB about 27
 HISTORY_BYTES = 15_000  # an event's data is at most 16 KiB on the management side
 
 _RANDOM = random.SystemRandom()
