@@ -57,8 +57,10 @@ Keys and what they hold (all JSON):
                         it signs status reports carried out by USB. Secret: never in
                         ``view()``, the snapshot or a log line
     reports/carried     status reports written and not yet acknowledged, newest last (at most
-                        MAX_CARRIED_REPORTS): report id, created_at, where it was written and
-                        the outbox sequences of the events it carries
+                        MAX_CARRIED_REPORTS): report id, created_at, where it was written, how
+                        many queued events it carries and their outbox sequences as runs
+                        [first, last] (a backlog is mostly consecutive: a few runs, not
+                        100,000 numbers)
 
 The outbox is a queue of events for the management server (policy: ``edge_agent.outbox``).
 Every operation touches the meta key and the pages of the events it handles (one store
@@ -822,7 +824,7 @@ class StateStore:
             return
         live = [int(u["oldest"]) for u in meta["types"].values()]
         oldest = min(live) if live else int(meta["next_seq"])
-        kept = [r for r in carried if r["seqs"] and r["seqs"][-1] >= oldest]
+        kept = [r for r in carried if r["runs"] and r["runs"][-1][1] >= oldest]
         if len(kept) != len(carried):
             self._cache.set(_K_CARRIED, kept)
 
@@ -846,9 +848,6 @@ class StateStore:
             raise StateCorruptError(f"state store {self.state_dir}: the agent key is unreadable")
         return raw
 
-    def has_agent_key(self) -> bool:
-        return self._get(_K_AGENT_KEY) is not None
-
     def record_report(
         self, report_id: str, *, created_at: dt.datetime, where: str, seqs: Sequence[int]
     ) -> None:
@@ -861,7 +860,8 @@ class StateStore:
             "report_id": report_id,
             "created_at": format_time(created_at),
             "where": where,
-            "seqs": sorted(int(s) for s in seqs),
+            "events": len(set(seqs)),
+            "runs": _runs(seqs),
         }
         with self._write("recording a status report"), self._cache.transact():
             carried = [r for r in self.carried_reports() if r["report_id"] != report_id]
@@ -889,7 +889,8 @@ class StateStore:
             before = sum(u["count"] for u in meta["types"].values())
             pages = _Pages(self._cache)
             self._cache.set(_K_CARRIED, [r for r in carried if r["report_id"] not in wanted])
-            self._outbox_remove(meta, pages, sorted({int(s) for r in done for s in r["seqs"]}))
+            seqs = {s for r in done for first, last in r["runs"] for s in range(first, last + 1)}
+            self._outbox_remove(meta, pages, sorted(seqs))
             self._outbox_save(meta, pages)  # also forgets older reports this delivered
             delivered = before - sum(u["count"] for u in meta["types"].values())
         return [r["report_id"] for r in done], delivered
@@ -1019,7 +1020,7 @@ class StateStore:
             "policy_confirmed_at": self._get(_K_CONFIRMED),
             "sync": self._sync_view(),
             "reports": [
-                {k: r[k] for k in ("report_id", "created_at", "where")} | {"events": len(r["seqs"])}
+                {k: r[k] for k in ("report_id", "created_at", "where", "events")}
                 for r in self.carried_reports()
             ],
         }
@@ -1196,6 +1197,17 @@ def _usage(meta: Mapping[str, Any]) -> dict[str, TypeUsage]:
         for t, u in meta["types"].items()
         if u["count"] > 0
     }
+
+
+def _runs(seqs: Iterable[int]) -> list[list[int]]:
+    """Sequences as sorted runs of consecutive numbers, ``[[first, last], ...]``."""
+    runs: list[list[int]] = []
+    for seq in sorted({int(s) for s in seqs}):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return runs
 
 
 def _bump(counter: dict[str, int], key: str) -> None:

@@ -264,3 +264,42 @@ def test_action_journal_keeps_newest_or_90_days_whichever_is_more(
         store.action_finish(f"new-{i}", "succeeded", now=NOW)
     kept = [a["id"] for a in store.action_journal(100)]
     assert len(kept) == 5 and kept[:3] == ["new-2", "new-1", "new-0"]
+
+
+def test_a_carried_report_is_kept_as_runs_and_acknowledges_exactly_its_events(
+    store: StateStore,
+) -> None:
+    store.enqueue(make_events(20_000))
+    store.ack(range(5000, 5100))  # delivered online meanwhile: a hole in the backlog
+    carried = store.outbox_batch(19_000, 1 << 30)
+    store.record_report("r1", created_at=NOW, where="/media/usb", seqs=[s for s, _ in carried])
+    (report,) = store.carried_reports()
+    assert report["events"] == 19_000
+    assert report["runs"] == [[0, 4999], [5100, 19_099]]  # two runs, not 19,000 numbers
+    assert store.view()["reports"] == [
+        {
+            "report_id": "r1",
+            "created_at": "2026-11-24T12:00:00Z",
+            "where": "/media/usb",
+            "events": 19_000,
+        }
+    ]
+    store.enqueue(make_events(5, start=20_000))  # queued after the report was written
+    assert store.acknowledge_reports(["r1", "unknown"]) == (["r1"], 19_000)
+    assert numbers(store.outbox_batch(1000, 1 << 30)) == [
+        *range(19_100, 20_000),
+        *range(20_000, 20_005),
+    ]
+    assert store.carried_reports() == []
+
+
+def test_a_report_whose_events_went_another_way_stops_waiting(store: StateStore) -> None:
+    store.enqueue(make_events(10))
+    store.record_report("old", created_at=NOW, where="/m", seqs=range(0, 5))
+    store.record_report("new", created_at=NOW, where="/m", seqs=range(0, 10))
+    store.record_report("empty", created_at=NOW, where="/m", seqs=[])  # carried nothing
+    assert [r["report_id"] for r in store.carried_reports()] == ["old", "new"]
+    store.ack(range(0, 5))  # online: everything "old" carried
+    assert [r["report_id"] for r in store.carried_reports()] == ["new"]
+    store.ack(range(5, 10))
+    assert store.carried_reports() == []
