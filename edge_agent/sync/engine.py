@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.backoff import Backoff
-from edge_agent.clock import Clock, format_time
+from edge_agent.clock import Clock, format_time, parse_time
 from edge_agent.config import AgentConfig, SyncConfig
 from edge_agent.errors import BundleError, BundleErrorCode, EdgeAgentError, StateError
 from edge_agent.importer import BundleInput, rejection_context, verify_and_commit
@@ -404,8 +404,9 @@ class SyncEngine:
         the server's newest action sequence (None: unknown)."""
         state = self._store.sync_state()
         rejected = state.get("rejected")
-        if isinstance(rejected, dict) and rejected.get("context") != self._rejection_context(
-            str(rejected.get("code"))
+        if isinstance(rejected, dict) and (
+            rejected.get("context") != self._rejection_context(str(rejected.get("code")))
+            or self._retry_due(rejected.get("retry_at"))
         ):
             # Rejected under other circumstances (trust root, identity, the site clock): the
             # same bytes may pass now. Fetch and verify them again.
@@ -480,25 +481,28 @@ class SyncEngine:
         )
 
     def _keep_rejected(self, bundle: Bundle, code: str) -> None:
-        self._store.update_sync_state(
-            {
-                "etag": bundle.etag,
-                "assigned": True,
-                "rejected": {"code": code, "context": self._rejection_context(code)},
-            }
-        )
+        rejected: dict[str, Any] = {"code": code, "context": self._rejection_context(code)}
+        if code == _TRANSIENT:  # tried again five minutes later, whatever else changes
+            retry_at = self._clock.now() + dt.timedelta(seconds=TRANSIENT_RETRY_S)
+            rejected["retry_at"] = format_time(retry_at)
+        self._store.update_sync_state({"etag": bundle.etag, "assigned": True, "rejected": rejected})
+
+    def _retry_due(self, retry_at: Any) -> bool:
+        if not isinstance(retry_at, str):
+            return False
+        try:
+            return self._clock.now() >= parse_time(retry_at)
+        except ValueError:
+            return True  # unreadable: try again rather than never
 
     def _rejection_context(self, code: str) -> str:
         """What a rejection with ``code`` depended on besides the bytes: the trust root and
         identity always; for a verdict on time, also the site's hour (tried hourly again,
-        so a clock put right by NTP lets the bundle in); for a transient failure, the
-        five-minute slot (tried again in at most five minutes)."""
+        so a clock put right by NTP lets the bundle in). A transient failure is tried again
+        at its ``retry_at`` (``_keep_rejected``), or sooner when this context changes."""
         context = rejection_context(self._store.trust(), self._config)
-        now = self._clock.now()
         if code in _TIME_CODES:
-            context += "/" + now.strftime("%Y-%m-%dT%H")
-        elif code == _TRANSIENT:
-            context += f"/{int(now.timestamp()) // TRANSIENT_RETRY_S}"
+            context += "/" + self._clock.now().strftime("%Y-%m-%dT%H")
         return context
 
     def _actions(self, client: SyncClient, newest_on_server: int | None) -> int:

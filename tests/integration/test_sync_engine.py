@@ -607,6 +607,10 @@ def test_a_bundle_that_failed_to_commit_is_fetched_again_later_not_at_once(
 ) -> None:
     site = sync_sites("eng-transient")
     site.assign("web", name="a-eng-transient")
+    # Ten seconds before a five-minute boundary of the wall clock (and after now): a retry
+    # slot on the clock's grid, rather than five minutes after the failure, would fire at once.
+    boundary = (int(site.clock.current.timestamp()) + 20) // 300 * 300 + 300
+    site.clock.current = dt.datetime.fromtimestamp(boundary - 10, dt.UTC)
     clock = HoldDuringTheImport(site)
     site.clock = clock
     with site.open_store() as store:
