@@ -309,9 +309,8 @@ def _status(config: AgentConfig, clock: Clock, *, as_json: bool) -> int:
 
 
 def _watch(config: AgentConfig, clock: Clock) -> int:
-    from edge_agent.report import RECEIPT_SUFFIX
-    from edge_agent.usb import DropHandler
-    from edge_agent.watch import DEFAULT_SUFFIXES, DropWatcher
+    from edge_agent.usb import DROP_SUFFIXES, DropHandler
+    from edge_agent.watch import DropWatcher
 
     if not config.drop_folders:
         raise ConfigError(f"config: drop_folders is empty; nothing to watch ({config.state_dir})")
@@ -320,7 +319,7 @@ def _watch(config: AgentConfig, clock: Clock) -> int:
     watcher = DropWatcher(
         config.drop_folders,
         DropHandler(store=store, config=config, clock=clock),
-        suffixes=(*DEFAULT_SUFFIXES, RECEIPT_SUFFIX),
+        suffixes=DROP_SUFFIXES,
     )
     stop = threading.Event()
 

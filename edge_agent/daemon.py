@@ -237,9 +237,8 @@ class Daemon:
         self._spawn(generation, "sync", lambda: engine.run(generation.stop))
 
     def _start_watch(self, generation: _Generation) -> None:
-        from edge_agent.report import RECEIPT_SUFFIX
-        from edge_agent.usb import DropHandler, export_on_arrival
-        from edge_agent.watch import DEFAULT_SUFFIXES, DropWatcher
+        from edge_agent.usb import DROP_SUFFIXES, DropHandler, export_on_arrival
+        from edge_agent.watch import DropWatcher
 
         config, store = generation.config, generation.store
 
@@ -249,7 +248,7 @@ class Daemon:
         watcher = DropWatcher(
             config.drop_folders,
             DropHandler(store=store, config=config, clock=self._clock),
-            suffixes=(*DEFAULT_SUFFIXES, RECEIPT_SUFFIX),
+            suffixes=DROP_SUFFIXES,
             on_arrival=on_arrival,
         )
         generation.stop_requests.append(watcher.request_stop)

@@ -121,28 +121,17 @@ def report_cluster(data: bytes) -> str:
 
 def verify_report(data: bytes, *, agent_key: bytes) -> StatusReport:
     """Check the signature with the agent's key before reading anything; return the report."""
-    try:
-        envelope = parse_envelope(data, what="status report", max_bytes=MAX_REPORT_BYTES)
-        keyid = keyid_for(agent_key)
-        verify_envelope(
-            envelope,
-            what="status report",
-            expected_type=STATUS_REPORT_PAYLOAD_TYPE,
-            keys={keyid: agent_key},
-            role=Role(frozenset({keyid}), 1),
-        )
-        doc = canonical.decode(envelope.payload, max_bytes=MAX_REPORT_BYTES)
-    except BundleError as exc:
-        raise ReportError(str(exc), code=exc.code) from None
-    except ValueError as exc:  # canonical.decode: not UTF-8, not JSON, too deep, a float
-        raise ReportError(f"status report: {exc}") from None
-    if not isinstance(doc, Mapping):
-        raise ReportError("status report: payload is not an object")
-    expected = {"_type", "format_version", "cluster_id", "report_id", "created_at", "events"}
-    if set(doc) != expected:
-        raise ReportError(f"status report: fields must be exactly {', '.join(sorted(expected))}")
-    if doc["_type"] != REPORT_TYPE or doc["format_version"] != 1:
-        raise ReportError("status report: not a format_version 1 status-report")
+    keyid = keyid_for(agent_key)
+    doc = _signed_document(
+        data,
+        what="status report",
+        payload_type=STATUS_REPORT_PAYLOAD_TYPE,
+        doc_type=REPORT_TYPE,
+        fields={"_type", "format_version", "cluster_id", "report_id", "created_at", "events"},
+        max_bytes=MAX_REPORT_BYTES,
+        keys={keyid: agent_key},
+        role=Role(frozenset({keyid}), 1),
+    )
     if not isinstance(doc["events"], list):
         raise ReportError("status report: events must be a list")
     for name in ("cluster_id", "report_id", "created_at"):
@@ -193,28 +182,17 @@ def verify_receipt(
 ) -> Receipt:
     """Check the receipt's signatures against the trusted policy role before reading it, and
     that it is for ``cluster_id``; return it."""
-    try:
-        envelope = parse_envelope(data, what="receipt", max_bytes=MAX_RECEIPT_BYTES)
-        verify_envelope(
-            envelope,
-            what="receipt",
-            expected_type=RECEIPT_PAYLOAD_TYPE,
-            keys=keys,
-            role=role,
-            revoked=revoked,
-        )
-        doc = canonical.decode(envelope.payload, max_bytes=MAX_RECEIPT_BYTES)
-    except BundleError as exc:
-        raise ReportError(str(exc), code=exc.code) from None
-    except ValueError as exc:  # canonical.decode: not UTF-8, not JSON, too deep, a float
-        raise ReportError(f"receipt: {exc}") from None
-    if not isinstance(doc, Mapping):
-        raise ReportError("receipt: payload is not an object")
-    expected = {"_type", "format_version", "cluster_id", "issued_at", "report_ids"}
-    if set(doc) != expected:
-        raise ReportError(f"receipt: fields must be exactly {', '.join(sorted(expected))}")
-    if doc["_type"] != RECEIPT_TYPE or doc["format_version"] != 1:
-        raise ReportError("receipt: not a format_version 1 report-receipt")
+    doc = _signed_document(
+        data,
+        what="receipt",
+        payload_type=RECEIPT_PAYLOAD_TYPE,
+        doc_type=RECEIPT_TYPE,
+        fields={"_type", "format_version", "cluster_id", "issued_at", "report_ids"},
+        max_bytes=MAX_RECEIPT_BYTES,
+        keys=keys,
+        role=role,
+        revoked=revoked,
+    )
     if doc["cluster_id"] != cluster_id:
         raise ReportError(
             f"receipt: it is for cluster {str(doc['cluster_id'])[:64]!r}, this is {cluster_id!r}"
@@ -231,3 +209,41 @@ def verify_receipt(
     if not isinstance(doc["issued_at"], str):
         raise ReportError("receipt: issued_at must be a string")
     return Receipt(doc["cluster_id"], doc["issued_at"], tuple(ids))
+
+
+def _signed_document(
+    data: bytes,
+    *,
+    what: str,
+    payload_type: str,
+    doc_type: str,
+    fields: set[str],
+    max_bytes: int,
+    keys: Mapping[str, bytes],
+    role: Role,
+    revoked: frozenset[str] = frozenset(),
+) -> Mapping[str, Any]:
+    """The payload of an envelope whose signatures meet ``role``, checked before it is read:
+    a canonical JSON object with exactly ``fields``, of ``doc_type`` and format version 1."""
+    try:
+        envelope = parse_envelope(data, what=what, max_bytes=max_bytes)
+        verify_envelope(
+            envelope,
+            what=what,
+            expected_type=payload_type,
+            keys=keys,
+            role=role,
+            revoked=revoked,
+        )
+        doc = canonical.decode(envelope.payload, max_bytes=max_bytes)
+    except BundleError as exc:
+        raise ReportError(str(exc), code=exc.code) from None
+    except ValueError as exc:  # canonical.decode: not UTF-8, not JSON, too deep, a float
+        raise ReportError(f"{what}: {exc}") from None
+    if not isinstance(doc, Mapping):
+        raise ReportError(f"{what}: payload is not an object")
+    if set(doc) != fields:
+        raise ReportError(f"{what}: fields must be exactly {', '.join(sorted(fields))}")
+    if doc["_type"] != doc_type or doc["format_version"] != 1:
+        raise ReportError(f"{what}: not a format_version 1 {doc_type}")
+    return doc

@@ -50,12 +50,16 @@ from edge_agent.report import (
 )
 from edge_agent.state import StateStore
 from edge_agent.telemetry import stamp
+from edge_agent.watch import DEFAULT_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 MAX_CARRIED_EVENTS = 100_000
 MAX_CARRIED_BYTES = 20 << 20  # a report is at most 32 MiB; base64 makes 20 MiB about 27
 HISTORY_BYTES = 15_000  # an event's data is at most 16 KiB on the management side
+
+DROP_SUFFIXES = (*DEFAULT_SUFFIXES, RECEIPT_SUFFIX)
+"""What a drop folder offers ``DropHandler``: bundles and receipts."""
 
 _RANDOM = random.SystemRandom()
 
