@@ -2,7 +2,8 @@
 
 ``profile_variant`` copies an example profile (``bundles/NAME``) with extra settings (and
 optionally one artifact); ``berlin_site`` gives a test site the Europe/Berlin time zone and
-a manifest-folder target in ``<site>/m``.
+a manifest-folder target in ``<site>/m``; ``daemon_site`` lays out a site for ``edge-agent
+run`` (a drop folder, a manifest folder, no management server).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import yaml
 
 from edge_agent.clock import UTC
 from edge_agent.config import load_config
+from mgmt_stub.keys import KeyDirectory
 from tests.conftest import PROFILES, Site
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
@@ -47,3 +49,22 @@ def berlin_site(site: Site) -> Site:
     (site.root / "m").mkdir()
     site.config = load_config(site.config_path)
     return site
+
+
+def daemon_site(tmp_path: Path, keys: KeyDirectory, extra: str = "") -> tuple[Path, Path, Path]:
+    """(config, drop folder, manifest folder) of a site with no management server."""
+    site = tmp_path / "site"
+    drop, manifests = tmp_path / "drop", tmp_path / "manifests"
+    for folder in (site, drop, manifests):
+        folder.mkdir()
+    shutil.copy(keys.path / "roots" / "1.json", site / "root.json")
+    config = site / "config.yaml"
+    config.write_text(
+        "cluster_id: site-1\n"
+        "labels: {region: eu, tier: edge}\n"
+        f"paths: {{state_dir: {site / 'state'}, initial_root: {site / 'root.json'}}}\n"
+        f"drop_folders: ['{drop}']\n"
+        f"target: {{kind: manifest-dir, folder: {manifests}}}\n" + extra,
+        encoding="utf-8",
+    )
+    return config, drop, manifests

@@ -25,6 +25,7 @@ from mgmt_stub.keys import KeyDirectory
 from tests.conftest import BIN, BundleMaker, wait_for
 from tests.fake_systemd import FakeSystemd
 from tests.stub_process import free_port
+from tests.variants import daemon_site
 
 
 @pytest.fixture
@@ -32,25 +33,6 @@ def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
     fake = FakeSystemd(tmp_path)
     yield fake
     fake.close()
-
-
-def daemon_site(tmp_path: Path, keys: KeyDirectory, extra: str = "") -> tuple[Path, Path, Path]:
-    """(config, drop folder, manifest folder) of a site with no management server."""
-    site = tmp_path / "site"
-    drop, manifests = tmp_path / "drop", tmp_path / "manifests"
-    for folder in (site, drop, manifests):
-        folder.mkdir()
-    shutil.copy(keys.path / "roots" / "1.json", site / "root.json")
-    config = site / "config.yaml"
-    config.write_text(
-        "cluster_id: site-1\n"
-        "labels: {region: eu, tier: edge}\n"
-        f"paths: {{state_dir: {site / 'state'}, initial_root: {site / 'root.json'}}}\n"
-        f"drop_folders: ['{drop}']\n"
-        f"target: {{kind: manifest-dir, folder: {manifests}}}\n" + extra,
-        encoding="utf-8",
-    )
-    return config, drop, manifests
 
 
 def start(config: Path, systemd: FakeSystemd, log: Path, *options: str) -> subprocess.Popen[bytes]:

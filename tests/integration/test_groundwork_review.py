@@ -37,7 +37,7 @@ from mgmt_stub.keys import KeyDirectory
 from tests.conftest import BIN, REPO, BundleMaker, FakeClock, Site, wait_for
 from tests.fake_systemd import FakeSystemd
 from tests.stub_process import free_port
-from tests.variants import BERLIN, WEDNESDAY_NOON, berlin_site, profile_variant
+from tests.variants import BERLIN, WEDNESDAY_NOON, berlin_site, daemon_site, profile_variant
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -325,18 +325,7 @@ def daemon(
     fakes: list[FakeSystemd] = []
 
     def start(extra: str) -> tuple[subprocess.Popen[bytes], FakeSystemd, Path, Path, Path]:
-        site, drop, manifests = tmp_path / "site", tmp_path / "drop", tmp_path / "manifests"
-        for folder in (site, drop, manifests):
-            folder.mkdir()
-        shutil.copy(keys.path / "roots" / "1.json", site / "root.json")
-        config = site / "config.yaml"
-        config.write_text(
-            "cluster_id: site-1\n"
-            "labels: {region: eu, tier: edge}\n"
-            f"paths: {{state_dir: {site / 'state'}, initial_root: {site / 'root.json'}}}\n"
-            f"drop_folders: ['{drop}']\n"
-            f"target: {{kind: manifest-dir, folder: {manifests}}}\n" + extra
-        )
+        config, drop, manifests = daemon_site(tmp_path, keys, extra)
         systemd = FakeSystemd(tmp_path)
         fakes.append(systemd)
         env = {**os.environ, "NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"}
